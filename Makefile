@@ -1,0 +1,38 @@
+# The README's commands. Each sets up .venv on first use (and rebuilds it when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU build of torch, taken from the local wheel cache; installed first so the `train` extra adds nothing.
+TORCH_PIN ?= torch==2.13.0
+DEMO_DIR ?= demo-output
+
+.PHONY: venv test demo bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/twin simulate --preset tiny --out $(DEMO_DIR) --seed 0 --force
+	$(BIN)/twin data inspect $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(BIN)/python bench/simulate.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

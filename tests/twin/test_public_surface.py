@@ -1,0 +1,36 @@
+"""`twin` imports numpy only, and every package declares its public names."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "onnxruntime", "onnx", "grpc", "bentoml", "matplotlib")
+
+
+def test_importing_twin_pulls_in_no_heavy_dependency():
+    code = (
+        "import sys, twin, twin.data, twin.metrics, twin.cli, twin.errors\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", ["twin", "twin.data", "twin.metrics", "twin.errors", "twin.data.stimuli"])
+def test_all_names_exist(module):
+    mod = importlib.import_module(module)
+    assert mod.__all__, module
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    assert not missing
+
+
+def test_errors_form_one_tree():
+    from twin import errors
+
+    for name in ("InvalidInput", "FormatError", "ModelNotFound", "ModelNotReady"):
+        assert issubclass(getattr(errors, name), errors.TwinError)
+    assert issubclass(errors.InvalidInput, ValueError)

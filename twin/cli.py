@@ -1,0 +1,183 @@
+"""The `twin` command. Every error a user can cause ends in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from twin.errors import TwinError
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Turns TwinError into a one-line message and exit status 2 (click's own usage errors also exit 2)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TwinError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="twin")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def cli(verbose: bool) -> None:
+    """twin: a digital twin of mouse primary visual cortex (SENSORIUM 2022).
+
+    \b
+    Start with a simulated mouse, then look at what was written:
+      twin simulate --preset tiny --out sim/
+      twin data inspect sim/
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@cli.command()
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small", "sensorium"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: seconds, for tests; small: 2 recordings x 1,000 neurons; sensorium: 7 at benchmark scale.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder to write (must be new or empty)."
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same mouse."
+)
+@click.option("--force", is_flag=True, help="Replace --out if it already holds something.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def simulate(preset: str, out: Path, seed: int, force: bool, quiet: bool) -> None:
+    """Write a simulated mouse: SENSORIUM-layout recordings with known ground truth.
+
+    Prints, per recording, the FEV distribution and the oracle ceilings: the ground-truth expected
+    responses scored with the benchmark's metrics, i.e. the best any model could do.
+    """
+    from twin.data import simulate as run
+
+    summary = run(preset, out, seed, overwrite=force, progress=not quiet)
+    click.echo(format_ceilings(summary, out))
+
+
+def format_ceilings(summary: dict, out: Path) -> str:
+    lines = [f"simulated mouse ({summary['preset']} preset, seed {summary['seed']}) in {out}"]
+    header = (
+        f"  {'data key':<10} {'role':<10} {'tier':<10} {'neurons':>7} {'FEV>=.15':>8} {'med FEV':>7} "
+        f"{'oracle':>6} | {'ceiling, image only':<21} | {'ceiling, with behaviour':<21}"
+    )
+    lines += [header, f"  {'':<57} | {'single / avg / FEVE':<21} | {'single / avg / FEVE':<21}"]
+    for rec in summary["recordings"]:
+        for tier, c in rec["ceilings"].items():
+            img, beh = c["image_only"], c["with_behavior"]
+
+            def triple(s: dict) -> str:
+                feve = "-" if s["feve"] is None else f"{s['feve']:.3f}"
+                return f"{s['single_trial_correlation']:.3f} / {s['correlation_to_average']:.3f} / {feve}"
+
+            lines.append(
+                f"  {rec['data_key']:<10} {rec['role']:<10} {tier:<10} {rec['neurons']:>7} "
+                f"{c['fev_fraction_ge_0.15']:>8.2f} {c['fev_median']:>7.3f} "
+                f"{c['oracle_correlation']:>6.3f} | "
+                f"{triple(img):<21} | {triple(beh):<21}"
+            )
+    lines.append(
+        "  (FEVE above 1 'with behaviour': behaviour-driven variance across repeats counts as noise in FEV)"
+    )
+    return "\n".join(lines)
+
+
+@cli.group()
+def data() -> None:
+    """Read, check and summarize SENSORIUM recordings (folders or .zip files)."""
+
+
+def _recording_paths(path: Path) -> list[Path]:
+    """PATH itself if it is a recording (folder or zip), else the recordings directly inside it."""
+    from twin.data.source import open_source
+
+    if path.is_file() or (path / "data").is_dir() or not path.is_dir():
+        return [path]
+    inner = sorted(
+        p
+        for p in path.iterdir()
+        if (p.is_dir() and (p / "data").is_dir() and (p / "meta").is_dir()) or p.suffix == ".zip"
+    )
+    if not inner:
+        open_source(path)  # raises the precise "not a recording folder" error
+    return inner or [path]
+
+
+@data.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--held-out",
+    "held_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of held-out responses (default: <PATH>/held_out/<data key> when present).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(path: Path, held_out: Path | None, as_json: bool) -> None:
+    """Summarize a recording, or every recording in a folder.
+
+    Trials per tier, repeats per test image, neurons, behaviour ranges, and the test tier's reliability
+    (FEV, jackknife oracle correlation), from held-out responses when the recording ships them zeroed.
+    """
+    from twin.data import format_summary, load_held_out, load_recording, summarize
+
+    summaries = []
+    for recording_path in _recording_paths(path):
+        recording = load_recording(recording_path, progress=False)
+        candidates = (
+            [held_out]
+            if held_out
+            else [
+                recording_path.parent / "held_out" / recording.data_key,
+                recording_path / "held_out" / recording.data_key,
+            ]
+        )
+        found = next((c for c in candidates if c is not None and c.is_dir()), None)
+        summaries.append(summarize(recording, load_held_out(found) if found else None))
+    if as_json:
+        click.echo(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=1))
+        return
+    click.echo("\n\n".join(format_summary(s) for s in summaries))
+    simulation = path / "simulation.json"
+    if simulation.is_file():
+        click.echo("\n" + format_ceilings(json.loads(simulation.read_text()), path))
+
+
+@data.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def validate(path: Path) -> None:
+    """Check a recording (or each recording in a folder) against the SENSORIUM layout.
+
+    Exit status 0 when valid; otherwise one line naming the file and what was expected, and status 2.
+    """
+    from twin.data import load_recording
+
+    for recording_path in _recording_paths(path):
+        rec = load_recording(recording_path, progress=False)
+        counts = ", ".join(f"{k} {v}" for k, v in rec.tier_counts().items())
+        click.echo(f"ok  {rec.data_key}: {rec.n_trials} trials ({counts}), {rec.n_neurons} neurons")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="twin", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
