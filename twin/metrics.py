@@ -31,6 +31,7 @@ __all__ = [
     "fev",
     "feve",
     "oracle_correlation",
+    "repeat_variances",
     "score",
     "single_trial_correlation",
 ]
@@ -282,6 +283,14 @@ def fev(responses: Any, image_ids: Any, per_neuron: bool = False) -> float | np.
     images = _repeated(_group_by_image(image_ids, r.shape[0]), "fev")
     values = np.concatenate([_fev(*_variances(rb, images)) for (rb,) in _blocks((r,), images.order)])
     return values if per_neuron else _nanmean(values, "fev")
+
+
+def repeat_variances(responses: Any, image_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-neuron noise variance s2_n and total variance s2_t, the two terms of FEV and FEVE."""
+    r = _as_trials_by_neurons("responses", responses)
+    images = _repeated(_group_by_image(image_ids, r.shape[0]), "repeat_variances")
+    parts = [_variances(rb, images) for (rb,) in _blocks((r,), images.order)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _fev(s2_n: np.ndarray, s2_t: np.ndarray) -> np.ndarray:

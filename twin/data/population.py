@@ -3,9 +3,10 @@
 Each neuron is a Gabor quadrature pair at a retinotopic position (following its cortical x, y), mixing a
 simple-cell (half-squared, phase-sensitive) and a complex-cell (energy, phase-invariant) drive, divided by
 the local contrast energy around its receptive field (divisive normalization: centre and surround), raised
-to an expansive power, and scaled by a gain that running and pupil-linked arousal modulate differently per
-neuron. Eye position translates the whole image on the retina, so all receptive fields shift together.
-A linear-nonlinear model can fit only the simple-cell part; the rest needs a non-linear core.
+to an expansive power that saturates, and scaled by a gain that running and pupil-linked arousal modulate
+differently per neuron. Eye position translates the whole image on the retina, so all receptive fields
+shift together. A linear-nonlinear model can fit only the simple-cell part; the rest needs a non-linear
+core.
 
 Everything is computed on a fixed retinal grid (36 x 64 pixels, the models' input resolution); images of
 any size are area-resampled onto it. Arrays: B trials, N neurons, P = 36*64 grid pixels.
@@ -24,7 +25,7 @@ __all__ = ["GRID", "Population", "calibrate_population", "resample_to_grid", "sa
 
 GRID = (36, 64)  # (H, W) of the retinal grid
 _PIXEL_MEAN, _PIXEL_STD = 120.0, 55.0  # raw pixel units -> luminance contrast
-_POOL_PERIODS = (6.0, 12.0)  # normalization pool: two untuned spatial-frequency bands (grid pixels)
+_POOL_PERIODS = (4.0, 8.0, 16.0)  # normalization pool: untuned bands spanning the neurons' periods
 _PAD = 8  # zero padding (mean luminance) around the grid for FFT filtering and eye shifts
 
 
@@ -43,6 +44,7 @@ class Population:
     center_pool: np.ndarray  # weight of the energy pooled at the RF
     surround_pool: np.ndarray  # weight of the energy pooled around it (surround suppression)
     exponent: np.ndarray  # output power
+    saturation: np.ndarray  # the output saturates here (sampled as a multiple of the median output)
     baseline: np.ndarray  # spontaneous drive
     amplitude: np.ndarray  # response scale (heterogeneous rates)
     beta_running: np.ndarray  # log-gain per sd of running speed
@@ -103,10 +105,11 @@ class Population:
         return (drive, *_pooled_energy(grid_images, self.center))
 
     def drive(self, grid_images: np.ndarray, filters: np.ndarray) -> np.ndarray:
-        """Normalized, exponentiated drive (B, N) of contrast images on the grid (B, H, W), no gain."""
+        """Normalized, exponentiated, saturating drive (B, N) of contrast images on the grid (B, H, W)."""
         drive, center_energy, surround_energy = self.components(grid_images, filters)
         pool = self.semi_saturation + self.center_pool * center_energy + self.surround_pool * surround_energy
-        return self.baseline + np.power(drive / pool, self.exponent)
+        expanded = np.power(drive / pool, self.exponent)
+        return self.baseline + expanded / (1.0 + expanded / self.saturation)
 
     def gain(self, behavior: np.ndarray | None) -> np.ndarray:
         """(B, N) multiplicative gain from running and pupil dilation; 1 at the mean behaviour."""
@@ -294,6 +297,7 @@ def sample_population(
         center_pool=f32(rng.uniform(0.1, 0.8, n)),
         surround_pool=f32(rng.gamma(2.0, 0.4, n)),
         exponent=f32(rng.uniform(1.0, 2.0, n)),
+        saturation=f32(rng.uniform(4.0, 12.0, n)),
         baseline=f32(rng.uniform(0.02, 0.15, n)),
         amplitude=f32(np.exp(rng.normal(np.log(0.6), 0.7, n))),
         beta_running=f32(rng.normal(0.25, 0.2, n)),
@@ -320,7 +324,7 @@ def calibrate_population(population: Population, images: np.ndarray) -> Populati
     grid = to_contrast(resample_to_grid(images))
     drive, center_energy, surround_energy = population.components(grid, population.filters())
     typical = np.median(drive, axis=0) + 1e-6
-    return replace(
+    scaled = replace(
         population,
         semi_saturation=(population.semi_saturation * typical).astype(np.float32),
         center_pool=(population.center_pool * typical / (np.median(center_energy, 0) + 1e-6)).astype(
@@ -330,3 +334,8 @@ def calibrate_population(population: Population, images: np.ndarray) -> Populati
             np.float32
         ),
     )
+    pool = (
+        scaled.semi_saturation + scaled.center_pool * center_energy + scaled.surround_pool * surround_energy
+    )
+    typical_output = np.median(np.power(drive / pool, scaled.exponent), axis=0) + 1e-6
+    return replace(scaled, saturation=(scaled.saturation * typical_output).astype(np.float32))

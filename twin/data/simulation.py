@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from twin import metrics
 from twin.data.behavior import EYE_CENTER, simulate_behavior
 from twin.data.heldout import HeldOut, write_held_out
 from twin.data.population import Population, calibrate_population, sample_population
@@ -99,16 +100,8 @@ def _noise_shapes(mean_test: np.ndarray, image_ids: np.ndarray, targets: np.ndar
     With r ~ Gamma(k, m/k): total variance = Var(m) + E[m^2]/k, noise variance = E_img Var_rep(m) +
     E[m^2]/k, so FEV = (c - a) / (c + b/k) with c = Var(m), a = E_img Var_rep(m), b = E[m^2].
     """
-    m = mean_test.astype(np.float64)
-    c = m.var(axis=0, ddof=1)
-    _, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
-    sums = np.zeros((counts.size, m.shape[1]))
-    squares = np.zeros_like(sums)
-    np.add.at(sums, inverse, m)
-    np.add.at(squares, inverse, m * m)
-    within = (squares - sums**2 / counts[:, None]) / (counts[:, None] - 1)
-    a = within.mean(axis=0)
-    b = np.mean(m * m, axis=0)
+    a, c = metrics.repeat_variances(mean_test, image_ids)
+    b = np.mean(np.square(mean_test, dtype=np.float64), axis=0)
     room = c - a - c * targets
     shapes = np.where(room > 0, b * targets / np.where(room > 0, room, 1.0), _NOISE_SHAPE_RANGE[1])
     return np.clip(shapes, *_NOISE_SHAPE_RANGE).astype(np.float32)
