@@ -72,26 +72,29 @@ def simulate(preset: str, out: Path, seed: int, force: bool, quiet: bool) -> Non
     click.echo(format_ceilings(summary, out))
 
 
+def _scores(s: dict) -> str:
+    feve = "-" if s["feve"] is None else f"{s['feve']:.3f}"
+    return f"{s['single_trial_correlation']:.3f} / {s['correlation_to_average']:.3f} / {feve}"
+
+
 def format_ceilings(summary: dict, out: Path) -> str:
-    lines = [f"simulated mouse ({summary['preset']} preset, seed {summary['seed']}) in {out}"]
-    header = (
-        f"  {'data key':<10} {'role':<10} {'tier':<10} {'neurons':>7} {'FEV>=.15':>8} {'med FEV':>7} "
-        f"{'oracle':>6} | {'ceiling, image only':<21} | {'ceiling, with behaviour':<21}"
+    """The table `twin simulate` prints: reliability and ceilings per recording and repeated tier."""
+    first = (
+        f"  {'data key':<10} {'role':<10} {'tier':<10} {'neurons':>7} {'FEV>=.15':>8} {'FEV q1/med/q3':>14} "
+        f"{'oracle':>6}"
     )
-    lines += [header, f"  {'':<57} | {'single / avg / FEVE':<21} | {'single / avg / FEVE':<21}"]
+    lines = [
+        f"simulated mouse ({summary['preset']} preset, seed {summary['seed']}) in {out}",
+        f"{first} | {'ceiling, image only':<21} | ceiling, with behaviour",
+        f"  {'':<{len(first) - 2}} | {'single / avg / FEVE':<21} | single / avg / FEVE",
+    ]
     for rec in summary["recordings"]:
         for tier, c in rec["ceilings"].items():
-            img, beh = c["image_only"], c["with_behavior"]
-
-            def triple(s: dict) -> str:
-                feve = "-" if s["feve"] is None else f"{s['feve']:.3f}"
-                return f"{s['single_trial_correlation']:.3f} / {s['correlation_to_average']:.3f} / {feve}"
-
+            quartiles = "{:.2f}/{:.2f}/{:.2f}".format(*c["fev_quartiles"])
             lines.append(
                 f"  {rec['data_key']:<10} {rec['role']:<10} {tier:<10} {rec['neurons']:>7} "
-                f"{c['fev_fraction_ge_0.15']:>8.2f} {c['fev_median']:>7.3f} "
-                f"{c['oracle_correlation']:>6.3f} | "
-                f"{triple(img):<21} | {triple(beh):<21}"
+                f"{c['fev_fraction_ge_0.15']:>8.2f} {quartiles:>14} {c['oracle_correlation']:>6.3f} | "
+                f"{_scores(c['image_only']):<21} | {_scores(c['with_behavior'])}"
             )
     lines.append(
         "  (FEVE above 1 'with behaviour': behaviour-driven variance across repeats counts as noise in FEV)"

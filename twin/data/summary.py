@@ -23,6 +23,7 @@ def _repeat_stats(responses: np.ndarray, image_ids: np.ndarray) -> dict:
     fev = metrics.fev(responses, image_ids, per_neuron=True)
     return {
         "fev_median": float(np.median(fev)),
+        "fev_quartiles": [float(q) for q in np.quantile(fev, [0.25, 0.5, 0.75])],
         "fev_fraction_ge_0.15": float(np.mean(fev >= 0.15)),
         "oracle_correlation": metrics.oracle_correlation(responses, image_ids),
     }
@@ -104,12 +105,13 @@ def format_summary(summary: dict) -> str:
         f"  {summary['trials']} trials, {summary['neurons']} neurons, images {summary['image_shape'][0]}x"
         f"{summary['image_shape'][1]} {summary['image_dtype']}",
         f"  {'tier':<11} {'trials':>6} {'images':>6} {'repeats(min/med/max)':>21} {'FEV>=.15':>9} "
-        f"{'med FEV':>8} {'oracle':>7}",
+        f"{'FEV q1/med/q3':>16} {'oracle':>7}",
     ]
     for tier, t in summary["tiers"].items():
         rep = "{}/{:g}/{}".format(*t["repeats"])
         if "oracle_correlation" in t:
-            rel = f"{t['fev_fraction_ge_0.15']:>9.2f} {t['fev_median']:>8.3f} {t['oracle_correlation']:>7.3f}"
+            quartiles = "{:.2f}/{:.2f}/{:.2f}".format(*t["fev_quartiles"])
+            rel = f"{t['fev_fraction_ge_0.15']:>9.2f} {quartiles:>16} {t['oracle_correlation']:>7.3f}"
             if t.get("from_held_out"):
                 rel += "  (held-out responses)"
         elif t["responses_zeroed_on_disk"]:
