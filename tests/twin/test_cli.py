@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,3 +81,47 @@ def test_simulate_refuses_a_non_empty_folder_then_writes_with_force(tmp_path):
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "exists and is not empty" in lines[0]
     assert (out / "notes.txt").exists()
+
+
+def test_a_killed_simulation_leaves_no_partial_output(tmp_path, tiny_sim):
+    """Output is built beside the target and renamed at the end: a kill leaves the target untouched."""
+    out = tmp_path / "sim"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twin.cli", "simulate", "--preset", "tiny", "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".sim.") for p in tmp_path.iterdir()):  # wait until it is writing
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert twin("simulate", "--preset", "tiny", "--out", str(out), "--quiet").returncode == 0
+    assert (out / "simulation.json").read_text() == (tiny_sim / "simulation.json").read_text()
+
+
+def test_concurrent_first_loads_share_one_cache(tiny_paths, tmp_path):
+    """Several processes (e.g. training ranks) building the same cache entry at once all succeed."""
+    code = (
+        "import sys, numpy as np; from twin.data import load_recording; "
+        "r = load_recording(sys.argv[1], progress=False); print(float(np.asarray(r.responses).sum()))"
+    )
+    env = {**os.environ, "TWIN_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tiny_paths["90002-1-1"])],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(set(outputs)) == 1
+    entries = list((tmp_path / "cache" / "recordings").iterdir())
+    assert len([e for e in entries if not e.name.startswith(".")]) == 1
+    assert not [e for e in entries if e.name.startswith(".")]  # no temporary folders left behind
