@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from twin.errors import InvalidInput
 
@@ -282,7 +283,7 @@ def sample_population(
     simple = rng.random(n) < 0.4
     simple_weight = np.where(simple, rng.beta(5, 1.5, n), rng.beta(1.5, 5, n))
 
-    def f32(values: np.ndarray) -> np.ndarray:
+    def f32(values: ArrayLike) -> np.ndarray:
         return np.asarray(values, np.float32)
 
     return Population(

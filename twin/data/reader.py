@@ -137,7 +137,29 @@ def _trial_arrays(source: Source, n_trials: int, use_cache: bool, progress: bool
 def _build(
     source: Source, variables: list[str], n_trials: int, folder: Path | None, fingerprint: str, progress: bool
 ) -> dict[str, np.ndarray]:
-    tmp = cache.new_entry_dir(folder) if folder is not None else None
+    """Read every trial file; with a cache folder, into a new entry that is published when complete."""
+    if folder is None:
+        return _read_all(source, variables, n_trials, None, progress)
+    tmp = cache.new_entry_dir(folder)
+    try:
+        arrays = _read_all(source, variables, n_trials, tmp, progress)
+        for array in arrays.values():
+            if isinstance(array, np.memmap):
+                array.flush()
+        del arrays
+        cache.publish_entry(tmp, folder, fingerprint, variables)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    reopened = cache.open_entry(folder, fingerprint)
+    if reopened is None:  # a concurrent process published an entry for different files meanwhile
+        raise FormatError(f"{folder}: recording cache changed while it was being built; load again")
+    return reopened
+
+
+def _read_all(
+    source: Source, variables: list[str], n_trials: int, tmp: Path | None, progress: bool
+) -> dict[str, np.ndarray]:
     bar = tqdm(
         total=n_trials * len(variables),
         desc=f"reading {source.name}",
@@ -145,7 +167,7 @@ def _build(
         disable=not progress,
         leave=False,
     )
-    try:
+    with bar:
         out = {}
         for variable in variables:
             shape, dtype, _ = _TRIAL_VARIABLES[variable]
@@ -157,21 +179,7 @@ def _build(
                 check=_checker(source, variable, shape),
                 progress=bar.update,
             )
-        if tmp is None:
-            return out
-        for array in out.values():
-            array.flush()
-        cache.publish_entry(tmp, folder, fingerprint, variables)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    reopened = cache.open_entry(folder, fingerprint)
-    if reopened is None:  # published by a concurrent process with a different fingerprint: use ours
-        raise FormatError(f"{folder}: recording cache changed while it was being built; load again")
-    return reopened
+    return out
 
 
 def _allocator(tmp: Path | None, variable: str, dtype: type | None):
@@ -271,9 +279,8 @@ def _data_key(source: Source, neurons_meta: dict[str, np.ndarray]) -> str:
     if key:
         return key
     parts = [neurons_meta.get(n) for n in ("animal_ids", "sessions", "scan_idx")]
-    if all(p is not None and len(p) for p in parts):
-        return "-".join(str(p[0]) for p in parts)
-    return source.name
+    firsts = [str(p[0]) for p in parts if p is not None and len(p)]
+    return "-".join(firsts) if len(firsts) == 3 else source.name
 
 
 def _as_int(array: np.ndarray, where: str) -> np.ndarray:
