@@ -138,20 +138,12 @@ def inspect(path: Path, held_out: Path | None, as_json: bool) -> None:
     Trials per tier, repeats per test image, neurons, behaviour ranges, and the test tier's reliability
     (FEV, jackknife oracle correlation), from held-out responses when the recording ships them zeroed.
     """
-    from twin.data import format_summary, load_held_out, load_recording, summarize
+    from twin.data import find_held_out, format_summary, load_held_out, load_recording, summarize
 
     summaries = []
     for recording_path in _recording_paths(path):
         recording = load_recording(recording_path, progress=False)
-        candidates = (
-            [held_out]
-            if held_out
-            else [
-                recording_path.parent / "held_out" / recording.data_key,
-                recording_path / "held_out" / recording.data_key,
-            ]
-        )
-        found = next((c for c in candidates if c is not None and c.is_dir()), None)
+        found = held_out or find_held_out(recording_path, recording.data_key)
         summaries.append(summarize(recording, load_held_out(found) if found else None))
     if as_json:
         click.echo(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=1))
@@ -175,6 +167,91 @@ def validate(path: Path) -> None:
         rec = load_recording(recording_path, progress=False)
         counts = ", ".join(f"{k} {v}" for k, v in rec.tier_counts().items())
         click.echo(f"ok  {rec.data_key}: {rec.n_trials} trials ({counts}), {rec.n_neurons} neurons")
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    return [p for path in paths for p in _recording_paths(path)]
+
+
+@cli.command()
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="A recording (folder or .zip) or a folder of recordings; repeat for more.",
+)
+@click.option(
+    "--model", default="cnn", show_default=True, help="A registered model: ln, cnn, cnn_behavior, ..."
+)
+@click.option("--members", type=click.IntRange(min=1), default=1, show_default=True, help="Ensemble size.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="At most this many."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.009, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--resume", is_flag=True, help="Continue each member from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data, model, members, out, epochs, batch_size, lr, seed, device, resume, quiet) -> None:
+    """Train a model (or an ensemble) on SENSORIUM recordings.
+
+    Early-stopped on each recording's validation tier with the reference recipe; a checkpoint after every
+    epoch, so --resume continues a killed run.
+    """
+    from training.run import train_run
+    from training.trainer import TrainConfig
+
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, seed=seed, device=device)
+    results = train_run(
+        _expand(data), model, out, members=members, config=config, resume=resume, progress=not quiet
+    )
+    for name, r in results.items():
+        click.echo(
+            f"{name}: validation correlation {r['validation_correlation']:.4f} "
+            f"(best epoch {r['best_epoch']} of {r['epochs']})"
+        )
+    click.echo(f"run written to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="A recording (folder or .zip) or a folder of recordings; repeat for more.",
+)
+@click.option(
+    "--tier",
+    type=click.Choice(["train", "validation", "test", "final_test"]),
+    default="test",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(run_dir: Path, data, tier: str, as_json: bool) -> None:
+    """Score a trained run on a tier: single-trial correlation, correlation to average, FEVE.
+
+    Held-out responses are read from <parent>/held_out/<data key> when the recording ships them zeroed.
+    """
+    from training.run import evaluate as run_evaluate
+
+    results = run_evaluate(run_dir, _expand(data), tier)
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+        return
+    click.echo(f"{'data key':<12} {'tier':<10} {'single-trial':>12} {'to average':>10} {'FEVE':>6}")
+    for key, r in results.items():
+        feve = "-" if r["feve"] is None else f"{r['feve']:.3f}"
+        click.echo(
+            f"{key:<12} {tier:<10} {r['single_trial_correlation']:>12.3f} "
+            f"{r['correlation_to_average']:>10.3f} {feve:>6}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

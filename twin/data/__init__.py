@@ -1,6 +1,6 @@
 """SENSORIUM recordings: read, write, validate, summarize; and the simulated mouse that writes them."""
 
-from twin.data.heldout import HeldOut, load_held_out, restore, write_held_out
+from twin.data.heldout import HeldOut, find_held_out, load_held_out, restore, write_held_out
 from twin.data.presets import PRESETS, Preset, RecordingSpec, get_preset
 from twin.data.reader import load_recording
 from twin.data.recording import BEHAVIOR_NAMES, HELD_OUT_TIERS, TIERS, Recording, data_key_from_name
@@ -20,6 +20,7 @@ __all__ = [
     "RecordingSpec",
     "compute_statistics",
     "data_key_from_name",
+    "find_held_out",
     "folder_name",
     "format_summary",
     "get_preset",

@@ -18,7 +18,7 @@ import numpy as np
 from twin.data.recording import Recording
 from twin.errors import FormatError
 
-__all__ = ["HeldOut", "load_held_out", "restore", "write_held_out"]
+__all__ = ["HeldOut", "find_held_out", "load_held_out", "restore", "write_held_out"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +56,15 @@ def load_held_out(folder: str | os.PathLike[str]) -> HeldOut:
             f"({len(arrays['trial_index'])}, {len(arrays['neuron_ids'])}) from trial_index and neuron_ids"
         )
     return HeldOut(data_key=meta["data_key"], **arrays)
+
+
+def find_held_out(recording_path: str | os.PathLike[str], data_key: str) -> Path | None:
+    """The held-out folder of a recording where `twin simulate` puts it: `<parent>/held_out/<data key>`."""
+    path = Path(recording_path)
+    for candidate in (path.parent / "held_out" / data_key, path / "held_out" / data_key):
+        if (candidate / "held_out.json").is_file():
+            return candidate
+    return None
 
 
 def restore(recording: Recording, held_out: HeldOut) -> np.ndarray:

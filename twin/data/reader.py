@@ -8,6 +8,7 @@ Reads the real recordings unchanged: any numeric dtype on disk, any image size, 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,9 @@ _TRIAL_VARIABLES: dict[str, tuple[tuple[int, ...] | None, type | None, bool]] = 
 }
 
 
-def load_recording(path: str | Path, *, cache_arrays: bool = True, progress: bool = True) -> Recording:
+def load_recording(
+    path: str | os.PathLike[str], *, cache_arrays: bool = True, progress: bool = True
+) -> Recording:
     """Read one recording from its folder, a folder holding it, or its .zip.
 
     With `cache_arrays` (default) the trial files are stacked into the recording cache once and

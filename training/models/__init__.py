@@ -1,0 +1,23 @@
+"""Model components of the twin: core, readout, shifter, the assembled Twin, configs and a registry."""
+
+from training.models.config import CoreConfig, ModelConfig, ReadoutConfig
+from training.models.core import Core
+from training.models.model import RecordingShape, Twin
+from training.models.readout import GaussianReadout
+from training.models.registry import available, build, get_config, register
+from training.models.shifter import Shifter
+
+__all__ = [
+    "Core",
+    "CoreConfig",
+    "GaussianReadout",
+    "ModelConfig",
+    "ReadoutConfig",
+    "RecordingShape",
+    "Shifter",
+    "Twin",
+    "available",
+    "build",
+    "get_config",
+    "register",
+]

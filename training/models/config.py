@@ -1,0 +1,184 @@
+"""Frozen, validated configs of the model components, composed into one ModelConfig.
+
+A ModelConfig is stored in every checkpoint (`to_dict`) so that a model can be rebuilt from its own
+artifact (`from_dict`). Every field is checked on construction; errors name the field and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from twin.errors import InvalidInput
+
+__all__ = ["BIAS_INITS", "CORE_KINDS", "CoreConfig", "ModelConfig", "ReadoutConfig"]
+
+CORE_KINDS = ("cnn", "linear")
+BIAS_INITS = ("zero", "mean")
+
+
+def _check_int(obj: object, name: str, minimum: int) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{name}: {value!r}; expected an integer >= {minimum}")
+
+
+def _check_float(obj: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    """A number in [low, high] (or (low, high] with open_low); ints are accepted and stored as floats."""
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name}: {value!r}; expected a number")
+    above = value > low if open_low else value >= low
+    if not (above and value <= high):
+        bracket = "(" if open_low else "["
+        raise InvalidInput(f"{name}: {value!r}; expected a number in {bracket}{low}, {high}]")
+    object.__setattr__(obj, name, float(value))
+
+
+def _check_bool(obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name}: {value!r}; expected True or False")
+
+
+def _from_mapping(cls: type, data: Any, where: str) -> Any:
+    """cls(**data), refusing unknown keys (never silently dropped) and non-mappings."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{where}: {data!r}; expected a mapping of {cls.__name__} fields")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown fields {unknown}; expected some of {sorted(known)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """The shared feature extractor (Lurz et al. 2021 / SENSORIUM baseline core, or its linear twin).
+
+    kind "cnn": conv input_kernel (stride input_stride, unpadded unless pad_input), then layers-1
+    depthwise-separable hidden_kernel convs with 'same' padding; batch norm and ELU after each.
+    kind "linear": the same layers without any nonlinearity (the LN baseline's core).
+    """
+
+    kind: str = "cnn"
+    in_channels: int = 1
+    channels: int = 64
+    layers: int = 4
+    input_kernel: int = 9
+    hidden_kernel: int = 7
+    depthwise: bool = True
+    input_stride: int = 1
+    pad_input: bool = False
+    dropout: float = 0.0
+    residual: bool = False
+    laplace_weight: float = 6.3831
+    batch_norm_momentum: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in CORE_KINDS:
+            raise InvalidInput(f"kind: {self.kind!r}; expected one of {list(CORE_KINDS)}")
+        for name in ("in_channels", "channels", "layers", "input_kernel", "hidden_kernel", "input_stride"):
+            _check_int(self, name, 1)
+        if self.hidden_kernel % 2 == 0:
+            raise InvalidInput(f"hidden_kernel: {self.hidden_kernel}; expected an odd size ('same' padding)")
+        for name in ("depthwise", "pad_input", "residual"):
+            _check_bool(self, name)
+        if self.pad_input and self.input_kernel % 2 == 0:
+            raise InvalidInput(f"input_kernel: {self.input_kernel}; expected an odd size with pad_input=True")
+        _check_float(self, "dropout", 0.0, 1.0)
+        if self.dropout == 1.0:
+            raise InvalidInput("dropout: 1.0; expected a probability in [0, 1)")
+        _check_float(self, "laplace_weight", 0.0, float("inf"))
+        _check_float(self, "batch_norm_momentum", 0.0, 1.0, open_low=True)
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """The per-recording full Gaussian readout (neuralpredictors FullGaussian2d, gauss_type 'full').
+
+    use_coordinates: predict each neuron's position from its cortical (x, y) with a shared MLP
+    2 -> position_hidden -> 2 (the 'cortex' grid_mean_predictor); otherwise learn positions directly.
+    bias_init: "zero" as the SENSORIUM 2022 baseline (it passes no mean activity, so neuralpredictors
+    fills the bias with 0: predictions start at ELU(0) + 1 = 1), or "mean": bias = the recording's mean
+    response, neuralpredictors' initialize_bias(mean_activity) (no inverse of ELU + 1).
+    """
+
+    l1_weight: float = 0.0076
+    init_sigma: float = 0.1
+    init_mu_range: float = 0.3
+    position_hidden: int = 30
+    use_coordinates: bool = True
+    bias_init: str = "zero"
+
+    def __post_init__(self) -> None:
+        _check_float(self, "l1_weight", 0.0, float("inf"))
+        _check_float(self, "init_sigma", 0.0, float("inf"), open_low=True)
+        _check_float(self, "init_mu_range", 0.0, 1.0, open_low=True)
+        _check_int(self, "position_hidden", 1)
+        _check_bool(self, "use_coordinates")
+        if self.bias_init not in BIAS_INITS:
+            raise InvalidInput(f"bias_init: {self.bias_init!r}; expected one of {list(BIAS_INITS)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole model: core, readout, which behavioural inputs it uses, and its input resolution.
+
+    behavior_channels: the 3 behaviour values enter the core as constant image channels (core
+    in_channels must then be 1 + 3). shifter: the pupil centre moves every readout position.
+    modulator: reserved (not implemented; building such a model raises).
+    image_shape: (H, W) of the images the model takes (the baseline's 36 x 64).
+    """
+
+    name: str
+    core: CoreConfig
+    readout: ReadoutConfig
+    behavior_channels: bool = False
+    shifter: bool = False
+    modulator: bool = False
+    image_shape: tuple[int, int] = (36, 64)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidInput(f"name: {self.name!r}; expected a non-empty string")
+        if not isinstance(self.core, CoreConfig):
+            raise InvalidInput(f"core: {self.core!r}; expected a CoreConfig")
+        if not isinstance(self.readout, ReadoutConfig):
+            raise InvalidInput(f"readout: {self.readout!r}; expected a ReadoutConfig")
+        for name in ("behavior_channels", "shifter", "modulator"):
+            _check_bool(self, name)
+        shape = self.image_shape
+        if (
+            not isinstance(shape, tuple | list)
+            or len(shape) != 2
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)
+        ):
+            raise InvalidInput(f"image_shape: {shape!r}; expected (height, width), two integers >= 1")
+        object.__setattr__(self, "image_shape", (int(shape[0]), int(shape[1])))
+        expected = 1 + (3 if self.behavior_channels else 0)
+        if self.core.in_channels != expected:
+            raise InvalidInput(
+                f"core.in_channels: {self.core.in_channels}; expected {expected} "
+                f"(1 image channel{' + 3 behaviour channels' if self.behavior_channels else ''})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (nested dicts for core and readout)."""
+        out = asdict(self)
+        out["image_shape"] = list(self.image_shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; unknown fields raise rather than being dropped."""
+        if not isinstance(data, dict):
+            raise InvalidInput(f"model config: {data!r}; expected a mapping")
+        values = dict(data)
+        if "core" in values:
+            values["core"] = _from_mapping(CoreConfig, values["core"], "core")
+        if "readout" in values:
+            values["readout"] = _from_mapping(ReadoutConfig, values["readout"], "readout")
+        if isinstance(values.get("image_shape"), list):
+            values["image_shape"] = tuple(values["image_shape"])
+        return _from_mapping(cls, values, "model config")

@@ -1,0 +1,113 @@
+"""The shared core: images -> feature maps, one for all recordings.
+
+Matches neuralpredictors' Stacked2dCore as the SENSORIUM 2022 baseline configures it (stack=-1: only
+the last layer's features go to the readout; depth_separable=True; LaplaceL2norm on the first layer).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.models.config import CoreConfig
+
+__all__ = ["Core", "laplace_l2norm"]
+
+# neuralpredictors.regularizers.laplace(): the 5-point discrete Laplacian.
+_LAPLACE = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+
+
+def laplace_l2norm(weight: Tensor) -> Tensor:
+    """sum(laplace(w)^2) / sum(w^2) over all 2-D kernels of a conv weight (O, I, k, k).
+
+    neuralpredictors' LaplaceL2norm with avg=False and padding 1 (laplace_padding=None, as the SENSORIUM
+    baseline sets it): zero-padded, so only the zero kernel is free; scale-invariant; smooth kernels are
+    cheap.
+    """
+    out_ch, in_ch, kh, kw = weight.shape
+    kernels = weight.reshape(out_ch * in_ch, 1, kh, kw)  # (O*I, 1, k, k)
+    laplace = _LAPLACE.to(weight)[None, None]  # (1, 1, 3, 3)
+    return F.conv2d(kernels, laplace, padding=1).pow(2).sum() / kernels.pow(2).sum()
+
+
+class DepthSeparableConv2d(nn.Sequential):
+    """1x1 conv in->out, depthwise k x k 'same' conv, 1x1 conv out->out (neuralpredictors' order)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        super().__init__()
+        self.in_depth_conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.spatial_conv = nn.Conv2d(
+            out_channels, out_channels, kernel, padding=kernel // 2, groups=out_channels, bias=False
+        )
+        self.out_depth_conv = nn.Conv2d(out_channels, out_channels, 1, bias=False)
+
+
+class Core(nn.Module):
+    """Stacked conv core. kind "cnn": conv -> batch norm -> ELU per layer; kind "linear": no ELU.
+
+    Convs have no bias: the batch norm after each one makes it redundant. The linear core keeps the
+    batch norm, as the reference LN baseline does (Stacked2dCore(linear=True) drops only the ELUs);
+    at eval it is an affine map, so core + readout is linear.
+    Optional (not in the baseline): dropout after every hidden layer, identity skips around them.
+    """
+
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        padding = c.input_kernel // 2 if c.pad_input else 0
+        first: list[nn.Module] = [
+            nn.Conv2d(
+                c.in_channels, c.channels, c.input_kernel, stride=c.input_stride, padding=padding, bias=False
+            ),
+            nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum),
+        ]
+        if c.kind == "cnn":
+            first.append(nn.ELU())
+        self.input_layer = nn.Sequential(*first)
+        self.hidden_layers = nn.ModuleList()
+        for _ in range(c.layers - 1):
+            conv = (
+                DepthSeparableConv2d(c.channels, c.channels, c.hidden_kernel)
+                if c.depthwise
+                else nn.Conv2d(
+                    c.channels, c.channels, c.hidden_kernel, padding=c.hidden_kernel // 2, bias=False
+                )
+            )
+            layer: list[nn.Module] = [conv, nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum)]
+            if c.kind == "cnn":
+                layer.append(nn.ELU())
+            if c.dropout > 0:
+                layer.append(nn.Dropout(c.dropout))
+            self.hidden_layers.append(nn.Sequential(*layer))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal conv weights (neuralpredictors' Core.init_conv); batch norm at its defaults."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_normal_(module.weight)
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.channels
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, H', W') of the features for (height, width) images; hidden layers keep the size."""
+        c = self.config
+        padding = c.input_kernel // 2 if c.pad_input else 0
+        out_h = (height + 2 * padding - c.input_kernel) // c.input_stride + 1
+        out_w = (width + 2 * padding - c.input_kernel) // c.input_stride + 1
+        return c.channels, out_h, out_w
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.input_layer(images)  # (B, C, H', W')
+        for layer in self.hidden_layers:
+            out = layer(features)  # (B, C, H', W')
+            features = features + out if self.config.residual else out
+        return features
+
+    def regularizer(self) -> Tensor:
+        """laplace_weight * LaplaceL2norm of the first conv's kernels (Stacked2dCore.regularizer)."""
+        return self.config.laplace_weight * laplace_l2norm(self.input_layer[0].weight)

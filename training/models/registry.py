@@ -1,0 +1,81 @@
+"""Named model configurations, registered explicitly; `build` turns a name or a config into a Twin.
+
+The baselines follow the SENSORIUM 2022 reference configs (sinzlab/sensorium notebooks, model_fn
+stacked_core_full_gauss_readout): 64 channels, 9x9 input conv unpadded, 7x7 depth-separable hidden
+layers, Laplace weight 6.3831, readout L1 0.0076, init_sigma 0.1, init_mu_range 0.3, cortex position
+MLP with 30 hidden units and final tanh, readout from the last layer only (stack=-1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from training.models.config import CoreConfig, ModelConfig, ReadoutConfig
+from training.models.model import RecordingShape, Twin
+from twin.errors import InvalidInput
+
+__all__ = ["available", "build", "get_config", "register"]
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
+
+# The reference passes momentum=0.9 straight to torch.nn.BatchNorm2d (stacked_core_full_gauss_readout's
+# default; Stacked2dCore does not convert it), i.e. 0.9 in PyTorch's convention: the running statistics
+# follow the latest batches closely.
+REFERENCE_BN_MOMENTUM = 0.9
+
+
+def register(name: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    """Decorator adding a config factory under `name`; a name can be registered once."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"name: {name!r}; expected a non-empty string")
+
+    def decorator(factory: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        if name in _REGISTRY:
+            raise InvalidInput(f"name: {name!r} is already registered; expected a new name")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def available() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The config registered under `name`."""
+    if name not in _REGISTRY:
+        raise InvalidInput(f"model: {name!r} is not registered; expected one of {available()}")
+    return _REGISTRY[name]()
+
+
+def build(model: str | ModelConfig, recordings: dict[str, RecordingShape]) -> Twin:
+    """A freshly initialized Twin from a registered name or a config."""
+    config = get_config(model) if isinstance(model, str) else model
+    if not isinstance(config, ModelConfig):
+        raise InvalidInput(f"model: {model!r}; expected a registered name or a ModelConfig")
+    return Twin(config, recordings)
+
+
+@register("ln")
+def ln() -> ModelConfig:
+    """SENSORIUM LN baseline: the baseline with a linear 3-layer core (no ELUs), ELU + 1 output."""
+    core = CoreConfig(kind="linear", layers=3, batch_norm_momentum=REFERENCE_BN_MOMENTUM)
+    return ModelConfig(name="ln", core=core, readout=ReadoutConfig())
+
+
+@register("cnn")
+def cnn() -> ModelConfig:
+    """SENSORIUM CNN baseline (Lurz et al. 2021): 4-layer core, images only."""
+    core = CoreConfig(kind="cnn", layers=4, batch_norm_momentum=REFERENCE_BN_MOMENTUM)
+    return ModelConfig(name="cnn", core=core, readout=ReadoutConfig())
+
+
+@register("cnn_behavior")
+def cnn_behavior() -> ModelConfig:
+    """SENSORIUM+ CNN baseline: behaviour as 3 extra input channels, pupil centre drives a shifter."""
+    core = CoreConfig(kind="cnn", in_channels=4, layers=4, batch_norm_momentum=REFERENCE_BN_MOMENTUM)
+    return ModelConfig(
+        name="cnn_behavior", core=core, readout=ReadoutConfig(), behavior_channels=True, shifter=True
+    )

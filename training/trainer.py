@@ -1,0 +1,248 @@
+"""The reference training recipe (SENSORIUM.md §4), resumable.
+
+Adam; Poisson loss scaled by sqrt(train trials / batch) plus the model's regularizers; one batch per
+recording per step with gradients accumulated; validation correlation after every epoch. When it has
+not improved for `patience` epochs, the best weights are restored and the learning rate is multiplied
+by `lr_decay_factor` (what ReduceLROnPlateau with the same patience does); training stops after
+`lr_decay_steps` such decays, or `max_epochs`, with the best weights restored.
+
+After every epoch a checkpoint (weights, optimizer, early-stopping state, RNG states, history) is written
+atomically; `resume=True` continues from it, losing at most the interrupted epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.data import RecordingTensors, batches
+from twin import metrics
+from twin.errors import InvalidInput
+
+__all__ = ["TrainConfig", "TrainResult", "predict", "train", "validation_correlation"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 0.009
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 5
+    lr_decay_factor: float = 0.3
+    lr_decay_steps: int = 4
+    min_lr: float = 1e-4
+    tolerance: float = 1e-6
+    scale_loss: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "lr_decay_factor", "min_lr"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name}: {getattr(self, name)}; expected > 0")
+        for name in ("batch_size", "max_epochs", "patience", "lr_decay_steps"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_validation_correlation: float
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+
+def poisson_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum(p - r log(p + 1e-12)), the reference's PoissonLoss(avg=False)."""
+    return (predictions - targets * torch.log(predictions + 1e-12)).sum()
+
+
+def _forward(model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["images"], key, behavior=batch["behavior"], pupil_center=batch["pupil_center"])
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, data: RecordingTensors, idx: np.ndarray, batch_size: int = 512
+) -> np.ndarray:
+    """Model responses (len(idx), N) in standardized units, eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [
+        _forward(model, data.data_key, data.batch(idx[s : s + batch_size])).float().cpu().numpy()
+        for s in range(0, len(idx), batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def validation_correlation(
+    model: torch.nn.Module, data: dict[str, RecordingTensors], tier: str = "validation"
+) -> float:
+    """Mean over all neurons of all recordings of the per-neuron correlation on `tier` (the reference's)."""
+    per_neuron = []
+    for d in data.values():
+        idx = d.indices(tier)
+        per_neuron.append(metrics.correlation(d.responses[idx].cpu().numpy(), predict(model, d, idx)))
+    return float(np.mean(np.concatenate(per_neuron)))
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def train(
+    model: torch.nn.Module,
+    data: dict[str, RecordingTensors],
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> TrainResult:
+    """Train `model` on the train tiers of `data`, early-stopped on the validation tiers.
+
+    Writes `checkpoint.pt` (every epoch), `best.pt` (best weights so far; `extra` is stored beside
+    them, e.g. the model and data configuration), and `log.jsonl` (one line per epoch) in `run_dir`.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    for key, d in data.items():
+        d.indices("train")
+        d.indices("validation")
+        if d.n_neurons == 0:
+            raise InvalidInput(f"recording {key}: no neurons")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state = {"epoch": 0, "round": 0, "bad_epochs": 0, "best": -np.inf, "best_epoch": 0, "history": []}
+    best_weights = copy.deepcopy(model.state_dict())
+    if resume and (run / CHECKPOINT).is_file():
+        checkpoint = torch.load(run / CHECKPOINT, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        best_weights = checkpoint["best_weights"]
+        state = checkpoint["state"]
+        rng.bit_generator.state = checkpoint["batch_rng"]
+        _set_rng_state(checkpoint["rng"])
+        log.info("resumed %s at epoch %d", run, state["epoch"])
+    _rewrite_log(run / LOG, state["history"])
+    n_train = {key: len(d.indices("train")) for key, d in data.items()}
+    scale = {key: np.sqrt(n / config.batch_size) if config.scale_loss else 1.0 for key, n in n_train.items()}
+
+    while state["epoch"] < config.max_epochs and state["round"] < config.lr_decay_steps:
+        started = time.perf_counter()
+        model.train()
+        total, steps = 0.0, 0
+        epoch_batches = list(batches(data, "train", config.batch_size, rng))
+        bar = tqdm(
+            epoch_batches, desc=f"epoch {state['epoch'] + 1}", unit="step", disable=not progress, leave=False
+        )
+        for step in bar:
+            optimizer.zero_grad(set_to_none=True)
+            for key, idx in step:
+                batch = data[key].batch(idx)
+                loss = scale[key] * poisson_loss(_forward(model, key, batch), batch["responses"])
+                loss = loss + model.regularizer(key)
+                loss.backward()
+                total += float(loss.detach())
+            optimizer.step()
+            steps += 1
+        correlation = validation_correlation(model, data)
+        state["epoch"] += 1
+        improved = correlation > state["best"] + config.tolerance
+        if improved:
+            state.update(best=correlation, best_epoch=state["epoch"], bad_epochs=0)
+            best_weights = copy.deepcopy(model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        lr = optimizer.param_groups[0]["lr"]
+        entry = {
+            "epoch": state["epoch"],
+            "train_loss": total / max(steps, 1),
+            "validation_correlation": correlation,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - started, 3),
+            "improved": improved,
+        }
+        if state["bad_epochs"] >= config.patience:
+            state["round"] += 1
+            state["bad_epochs"] = 0
+            model.load_state_dict(best_weights)
+            for group in optimizer.param_groups:
+                group["lr"] = max(group["lr"] * config.lr_decay_factor, config.min_lr)
+            entry["lr_decay"] = state["round"]
+        state["history"].append(entry)
+        with open(run / LOG, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if improved:
+            _atomic_save(
+                {
+                    "model": best_weights,
+                    "epoch": state["epoch"],
+                    "validation_correlation": correlation,
+                    **(extra or {}),
+                },
+                run / BEST,
+            )
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_weights": best_weights,
+                "state": state,
+                "batch_rng": rng.bit_generator.state,
+                "rng": _rng_state(),
+                "config": asdict(config),
+            },
+            run / CHECKPOINT,
+        )
+        if progress:
+            tqdm.write(
+                f"epoch {state['epoch']:3d}  loss {entry['train_loss']:.4g}  "
+                f"val corr {correlation:.4f}  lr {lr:.2g}" + ("  *" if improved else "")
+            )
+    model.load_state_dict(best_weights)
+    return TrainResult(
+        best_epoch=state["best_epoch"],
+        best_validation_correlation=float(state["best"]),
+        epochs=state["epoch"],
+        history=state["history"],
+    )
+
+
+def _rewrite_log(path: Path, history: list[dict]) -> None:
+    """The log holds exactly the epochs of the checkpoint (a resumed run drops the interrupted epoch)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, path)
