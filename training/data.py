@@ -107,6 +107,7 @@ class RecordingTensors:
     pupil_center: torch.Tensor  # (n, 2)
     tiers: np.ndarray  # (n,)
     image_ids: np.ndarray  # (n,)
+    coordinates: np.ndarray  # (N, 3) cortical positions (um), for the readout's position predictor
     preprocessing: Preprocessing
 
     @classmethod
@@ -139,6 +140,7 @@ class RecordingTensors:
             ),
             tiers=np.asarray(recording.tiers),
             image_ids=np.asarray(recording.image_ids),
+            coordinates=np.asarray(recording.cell_motor_coordinates, np.float32),
             preprocessing=pre,
         )
 

@@ -2,11 +2,12 @@
 
 RUN_DIR/
   run.json                  model and training configuration, recordings, members
-  members/member-<i>/       checkpoint.pt, best.pt, log.jsonl, metrics.json of one member
-  metrics.json              validation (and test, when responses are available) metrics per member
+  members/member-<i>/       checkpoint.pt, best.pt, log.jsonl, curves.png, metrics.json of one member
+  selection.json            the members greedy selection kept
+  metrics.json              validation metrics of members and ensemble; test metrics where responses exist
 
-Members differ in seed; member 0 keeps the recordings' own train/validation split and the others draw
-their own (same sizes), so an ensemble of them sees different validation sets.
+Members differ in seed and in their early-stopping split (see `member_data`); the ensemble is chosen by
+greedy selection on the recordings' own validation trials, which no member of an ensemble trains on.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 
 from training.data import RecordingTensors
+from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import ModelConfig, RecordingShape, build, get_config
 from training.trainer import BEST, TrainConfig, predict, train
 from twin import metrics
-from twin.data import Recording, find_held_out, load_held_out, load_recording, restore
+from twin.data import find_held_out, load_held_out, load_recording, restore
 from twin.errors import FormatError, InvalidInput
 
 __all__ = ["evaluate", "load_members", "load_tensors", "resolve_model", "train_run"]
@@ -34,7 +36,7 @@ def load_tensors(
 ) -> dict[str, RecordingTensors]:
     """Recordings as model tensors keyed by data key. Held-out responses restored on request."""
     out: dict[str, RecordingTensors] = {}
-    recordings: list[Recording] = []
+    sizes = {}
     for path in paths:
         rec = load_recording(path, progress=False)
         if rec.data_key in out:
@@ -45,8 +47,7 @@ def load_tensors(
             if folder is not None:
                 responses = restore(rec, load_held_out(folder))
         out[rec.data_key] = RecordingTensors.from_recording(rec, responses)
-        recordings.append(rec)
-    sizes = {r.data_key: r.image_shape for r in recordings}
+        sizes[rec.data_key] = rec.image_shape
     if len({s for s in sizes.values()}) > 1:
         raise InvalidInput(
             f"data: recordings with different image sizes {sizes}; one shared core needs one size"
@@ -79,37 +80,55 @@ def _check_track(config: ModelConfig, data: dict[str, RecordingTensors]) -> None
             )
 
 
-def _resplit(data: dict[str, RecordingTensors], seed: int) -> dict[str, RecordingTensors]:
-    """A copy whose train/validation trials are re-drawn (same counts); held-out tiers untouched."""
-    rng = np.random.default_rng([seed, 7])
+SELECTION = "selection"  # the recordings' own validation trials, when an ensemble keeps them for selection
+
+
+def member_data(data: dict[str, RecordingTensors], member: int, members: int, seed: int):
+    """The tiers member `member` trains on.
+
+    A single model follows the reference recipe (early stopping on the validation tier). In an ensemble,
+    the validation tier is set aside for member selection and each member draws its own early-stopping
+    split of the same size from the train tier, so members differ in split and selection is unbiased.
+    """
+    if members == 1:
+        return data
+    rng = np.random.default_rng([seed, member, 7])
     out = {}
     for key, d in data.items():
         tiers = d.tiers.copy()
-        pool = np.flatnonzero(np.isin(tiers, ("train", "validation")))
         n_val = int(np.sum(tiers == "validation"))
-        chosen = rng.choice(pool, n_val, replace=False)
-        tiers[pool] = "train"
-        tiers[chosen] = "validation"
+        tiers[tiers == "validation"] = SELECTION
+        train = np.flatnonzero(tiers == "train")
+        if n_val >= len(train):
+            raise InvalidInput(
+                f"recording {key}: {n_val} validation trials but only {len(train)} train trials"
+            )
+        tiers[rng.choice(train, n_val, replace=False)] = "validation"
         out[key] = replace(d, tiers=tiers)
     return out
 
 
-def _shapes(
-    data: dict[str, RecordingTensors], coordinates: dict[str, np.ndarray]
-) -> dict[str, RecordingShape]:
+def _shapes(data: dict[str, RecordingTensors]) -> dict[str, RecordingShape]:
     return {
         key: RecordingShape(
             n_neurons=d.n_neurons,
-            coordinates=coordinates.get(key),
+            coordinates=d.coordinates,
             mean_response=d.responses[d.indices("train")].mean(0).cpu().numpy(),
         )
         for key, d in data.items()
     }
 
 
+def _rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun / torch.distributed, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def train_run(
     paths: list[str | os.PathLike[str]],
-    model: str | ModelConfig,
+    model: str | os.PathLike[str] | ModelConfig,
     out: str | os.PathLike[str],
     *,
     members: int = 1,
@@ -117,52 +136,101 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train `members` models on the recordings at `paths`; returns the run's metrics."""
+    """Train `members` models on the recordings at `paths`, select the ensemble, write its metrics.
+
+    Under torch.distributed (torchrun), rank r trains members r, r + world, ...; rank 0 then selects the
+    ensemble and scores it. Returns the run's metrics (on rank 0; {} elsewhere).
+    """
     if members < 1:
         raise InvalidInput(f"members: {members}; expected >= 1")
     config = config or TrainConfig()
     model_config = resolve_model(model)
     run = Path(out)
-    recordings = [load_recording(p, progress=False) for p in paths]
-    coordinates = {r.data_key: np.asarray(r.cell_motor_coordinates) for r in recordings}
     data = load_tensors(paths)
     _check_track(model_config, data)
-    run.mkdir(parents=True, exist_ok=True)
-    description = {
-        "model": model_config.to_dict(),
-        "train": asdict(config),
-        "recordings": {k: str(p) for k, p in zip(data, paths, strict=True)},
-        "preprocessing": {k: d.preprocessing.to_dict() for k, d in data.items()},
-        "coordinates": {k: v.tolist() for k, v in coordinates.items()},
-        "members": members,
-    }
-    _write_json(run / "run.json", description)
-    results = {}
-    for i in range(members):
-        member_data = data if i == 0 else _resplit(data, config.seed + i)
+    rank, world = _rank()
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        description = {
+            "model": model_config.to_dict(),
+            "train": asdict(config),
+            "recordings": {k: str(p) for k, p in zip(data, paths, strict=True)},
+            "preprocessing": {k: d.preprocessing.to_dict() for k, d in data.items()},
+            "coordinates": {k: d.coordinates.tolist() for k, d in data.items()},
+            "members": members,
+        }
+        _write_json(run / "run.json", description)
+    for i in range(rank, members, world):
+        own = member_data(data, i, members, config.seed)
         torch.manual_seed(config.seed + i)
-        net = build(model_config, _shapes(member_data, coordinates)).to(config.device)
+        net = build(model_config, _shapes(own)).to(config.device)
         folder = run / "members" / f"member-{i}"
         outcome = train(
             net,
-            {k: d.to(config.device) for k, d in member_data.items()},
+            {k: d.to(config.device) for k, d in own.items()},
             replace(config, seed=config.seed + i),
             folder,
             resume=resume,
             progress=progress,
         )
-        results[f"member-{i}"] = {
-            "best_epoch": outcome.best_epoch,
-            "epochs": outcome.epochs,
-            "validation_correlation": outcome.best_validation_correlation,
+        _write_json(
+            folder / "training.json",
+            {
+                "best_epoch": outcome.best_epoch,
+                "epochs": outcome.epochs,
+                "early_stopping_correlation": outcome.best_validation_correlation,
+            },
+        )
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        return {}
+    summary = _select_and_score(run, paths, data, members)
+    _write_json(run / "metrics.json", summary)
+    return summary
+
+
+def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], members: int) -> dict:
+    """Validation metrics of every member, greedy selection, then test metrics where responses exist."""
+    _, nets = load_members(run)
+    tier = "validation"  # the recordings' own validation trials: never trained on by any ensemble member
+    responses = {k: d.responses[d.indices(tier)].numpy() for k, d in data.items()}
+    predictions = [{k: predict(net, d, d.indices(tier)) for k, d in data.items()} for net in nets]
+    member_scores = {f"member-{i}": pooled_correlation(responses, p) for i, p in enumerate(predictions)}
+    selected, path = greedy_select(predictions, responses)
+    summary: dict = {
+        "validation_correlation": {"members": member_scores, "ensemble": path[-1]},
+        "selected": [f"member-{i}" for i in selected],
+        "selection_path": path,
+    }
+    for i in range(members):
+        folder = run / "members" / f"member-{i}"
+        info = json.loads((folder / "training.json").read_text())
+        _write_json(folder / "metrics.json", {**info, "validation_correlation": member_scores[f"member-{i}"]})
+    _write_json(run / "selection.json", {"selected": selected})
+    test: dict = {}
+    for key, d in load_tensors(paths, with_held_out=True).items():
+        if "test" not in d.tiers or not torch.any(d.responses[d.indices("test")] != 0):
+            continue
+        idx = d.indices("test")
+        r = d.responses[idx].numpy()
+        per_member = [predict(net, d, idx) for net in nets]
+        mean, _ = mean_and_spread([per_member[i] for i in selected])
+        test[key] = {
+            "ensemble": metrics.score(r, mean, d.image_ids[idx]).to_dict(),
+            "members": {
+                f"member-{i}": metrics.score(r, p, d.image_ids[idx]).to_dict()
+                for i, p in enumerate(per_member)
+            },
         }
-        _write_json(folder / "metrics.json", results[f"member-{i}"])
-    _write_json(run / "metrics.json", {"members": results})
-    return results
+    summary["test"] = test
+    return summary
 
 
-def load_members(run_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[dict, list[torch.nn.Module]]:
-    """The run's description and its members' best weights, in eval mode."""
+def load_members(
+    run_dir: str | os.PathLike[str], device: str = "cpu", *, selected_only: bool = False
+) -> tuple[dict, list[torch.nn.Module]]:
+    """The run's description and its members' best weights, in eval mode (the selected ones on request)."""
     run = Path(run_dir)
     try:
         description = json.loads((run / "run.json").read_text())
@@ -174,8 +242,11 @@ def load_members(run_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
         key: RecordingShape(n_neurons=len(c), coordinates=c, mean_response=None)
         for key, c in coordinates.items()
     }
+    indices = list(range(description["members"]))
+    if selected_only and (run / "selection.json").is_file():
+        indices = json.loads((run / "selection.json").read_text())["selected"]
     nets = []
-    for i in range(description["members"]):
+    for i in indices:
         best = run / "members" / f"member-{i}" / BEST
         if not best.is_file():
             raise FormatError(f"{best}: missing; the member has not finished an epoch")
@@ -188,11 +259,12 @@ def load_members(run_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
 def evaluate(
     run_dir: str | os.PathLike[str], paths: list[str | os.PathLike[str]], tier: str = "test"
 ) -> dict[str, dict]:
-    """SENSORIUM metrics of the run's ensemble (mean of members) on `tier` of each recording.
+    """SENSORIUM metrics of the run's ensemble (mean of the selected members) on `tier` of each recording.
 
-    Uses the held-out responses (found beside the recording) where the recording ships them zeroed.
+    Uses the held-out responses (found beside the recording) where the recording ships them zeroed. The
+    ensemble's spread (std across members) is reported as its mean per-neuron uncertainty.
     """
-    _, nets = load_members(run_dir)
+    _, nets = load_members(run_dir, selected_only=True)
     data = load_tensors(paths, with_held_out=True)
     out = {}
     for key, d in data.items():
@@ -202,9 +274,14 @@ def evaluate(
             raise InvalidInput(
                 f"tier: the {tier} responses of {key} are zeroed on disk and no held-out responses were found"
             )
-        prediction = np.mean([predict(net, d, idx) for net in nets], axis=0)
-        scores = metrics.score(responses, prediction, d.image_ids[idx])
-        out[key] = {"tier": tier, "members": len(nets), **scores.to_dict()}
+        mean, spread = mean_and_spread([predict(net, d, idx) for net in nets])
+        scores = metrics.score(responses, mean, d.image_ids[idx])
+        out[key] = {
+            "tier": tier,
+            "members": len(nets),
+            **scores.to_dict(),
+            "mean_member_std": float(spread.mean()),
+        }
     return out
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 LOG = "log.jsonl"
+CURVES = "curves.png"
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,11 @@ class TrainConfig:
     min_lr: float = 1e-4
     tolerance: float = 1e-6
     scale_loss: bool = True
+    correlation_weight: float = 0.0  # > 0: Poisson + weight * (1 - correlation), as SENSORIUM winners did
     seed: int = 0
     device: str = "cpu"
+    amp: bool = False  # bf16 autocast of the forward pass (CUDA only)
+    channels_last: bool = False  # NHWC memory layout for the convolutions (CUDA only)
 
     def __post_init__(self) -> None:
         for name in ("lr", "lr_decay_factor", "min_lr"):
@@ -59,6 +63,10 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "patience", "lr_decay_steps"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
+        if self.correlation_weight < 0:
+            raise InvalidInput(f"correlation_weight: {self.correlation_weight}; expected >= 0")
+        if (self.amp or self.channels_last) and not self.device.startswith("cuda"):
+            raise InvalidInput(f"amp/channels_last: need a CUDA device, got device {self.device!r}")
 
 
 @dataclass
@@ -74,8 +82,32 @@ def poisson_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return (predictions - targets * torch.log(predictions + 1e-12)).sum()
 
 
+def correlation_loss(predictions: torch.Tensor, targets: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """sum over neurons of (1 - Pearson correlation over the batch), times the batch size.
+
+    Multiplied by the batch size so that its weight is per trial and neuron, like the Poisson sum.
+    """
+    p = predictions - predictions.mean(0)
+    r = targets - targets.mean(0)
+    rho = (p * r).sum(0) / torch.sqrt((p * p).sum(0) * (r * r).sum(0) + eps)
+    return (1.0 - rho).sum() * predictions.shape[0]
+
+
 def _forward(model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(batch["images"], key, behavior=batch["behavior"], pupil_center=batch["pupil_center"])
+
+
+def _loss(
+    model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor], config: TrainConfig
+) -> torch.Tensor:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp):
+        if config.channels_last:
+            batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
+        predictions = _forward(model, key, batch).float()
+    loss = poisson_loss(predictions, batch["responses"])
+    if config.correlation_weight > 0:
+        loss = loss + config.correlation_weight * correlation_loss(predictions, batch["responses"])
+    return loss
 
 
 @torch.no_grad()
@@ -144,6 +176,8 @@ def train(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state = {"epoch": 0, "round": 0, "bad_epochs": 0, "best": -np.inf, "best_epoch": 0, "history": []}
     best_weights = copy.deepcopy(model.state_dict())
@@ -172,8 +206,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             for key, idx in step:
                 batch = data[key].batch(idx)
-                loss = scale[key] * poisson_loss(_forward(model, key, batch), batch["responses"])
-                loss = loss + model.regularizer(key)
+                loss = scale[key] * _loss(model, key, batch, config) + model.regularizer(key)
                 loss.backward()
                 total += float(loss.detach())
             optimizer.step()
@@ -233,12 +266,44 @@ def train(
                 f"val corr {correlation:.4f}  lr {lr:.2g}" + ("  *" if improved else "")
             )
     model.load_state_dict(best_weights)
+    plot_curves(state["history"], run / CURVES)
     return TrainResult(
         best_epoch=state["best_epoch"],
         best_validation_correlation=float(state["best"]),
         epochs=state["epoch"],
         history=state["history"],
     )
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss, validation correlation and learning rate per epoch, as a PNG."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
+    series = (
+        ("train_loss", "training loss"),
+        ("validation_correlation", "validation correlation"),
+        ("lr", "learning rate"),
+    )
+    for ax, (key, label) in zip(axes, series, strict=True):
+        ax.plot(epochs, [h[key] for h in history], marker=".")
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+    axes[2].set_yscale("log")
+    for h in history:
+        if "lr_decay" in h:
+            for ax in axes:
+                ax.axvline(h["epoch"], color="0.8", lw=0.8, zorder=0)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _rewrite_log(path: Path, history: list[dict]) -> None:

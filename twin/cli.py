@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -183,7 +184,10 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     help="A recording (folder or .zip) or a folder of recordings; repeat for more.",
 )
 @click.option(
-    "--model", default="cnn", show_default=True, help="A registered model: ln, cnn, cnn_behavior, ..."
+    "--model",
+    default="cnn",
+    show_default=True,
+    help="A registered model (ln, cnn, cnn_behavior, twin, twin_behavior) or a model .json.",
 )
 @click.option("--members", type=click.IntRange(min=1), default=1, show_default=True, help="Ensemble size.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
@@ -192,27 +196,139 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.009, show_default=True)
+@click.option(
+    "--correlation-weight",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Add weight x (1 - correlation) to the Poisson loss.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--amp/--no-amp", default=False, help="bf16 autocast and channels_last (CUDA only).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train members in this many processes (torchrun on this machine).",
+)
 @click.option("--resume", is_flag=True, help="Continue each member from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data, model, members, out, epochs, batch_size, lr, seed, device, resume, quiet) -> None:
+def train(
+    data,
+    model,
+    members,
+    out,
+    epochs,
+    batch_size,
+    lr,
+    correlation_weight,
+    seed,
+    device,
+    amp,
+    nproc,
+    resume,
+    quiet,
+) -> None:
     """Train a model (or an ensemble) on SENSORIUM recordings.
 
     Early-stopped on each recording's validation tier with the reference recipe; a checkpoint after every
-    epoch, so --resume continues a killed run.
+    epoch, so --resume continues a killed run. Ensembles keep the validation tier for greedy member
+    selection. Under torchrun (or with --nproc) members train in parallel processes.
     """
+    if nproc > 1:
+        _launch(
+            nproc,
+            data=data,
+            model=model,
+            members=members,
+            out=out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            correlation_weight=correlation_weight,
+            seed=seed,
+            device=device,
+            amp=amp,
+            resume=resume,
+        )
+        return
+    from training.distributed import init_from_env, is_rank_zero, shutdown
     from training.run import train_run
     from training.trainer import TrainConfig
 
-    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, seed=seed, device=device)
-    results = train_run(
-        _expand(data), model, out, members=members, config=config, resume=resume, progress=not quiet
+    device = init_from_env(device)
+    rank_zero = is_rank_zero()
+    config = TrainConfig(
+        lr=lr,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        seed=seed,
+        device=device,
+        correlation_weight=correlation_weight,
+        amp=amp,
+        channels_last=amp,
     )
-    for name, r in results.items():
+    try:
+        train_run(
+            _expand(data),
+            model,
+            out,
+            members=members,
+            config=config,
+            resume=resume,
+            progress=not quiet and rank_zero,
+        )
+    finally:
+        shutdown()
+    if rank_zero:
+        _print_run(out)
+
+
+def _launch(nproc: int, **options) -> None:
+    """Run `python -m training` under torchrun on this machine, one process per member slot."""
+    import subprocess
+
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "training",
+    ]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "data":
+            for path in value:
+                args += [flag, str(path)]
+        elif name == "amp":
+            args.append("--amp" if value else "--no-amp")
+        elif name == "resume":
+            args += [flag] if value else []
+        else:
+            args += [flag, str(value)]
+    args.append("--quiet")
+    code = subprocess.call(args)
+    if code != 0:
+        raise TwinError(f"training processes failed (exit status {code}); see the messages above")
+
+
+def _print_run(out: Path) -> None:
+    summary = json.loads((Path(out) / "metrics.json").read_text())
+    for name, value in summary["validation_correlation"]["members"].items():
+        click.echo(f"{name}: validation correlation {value:.4f}")
+    click.echo(
+        f"ensemble of {', '.join(summary['selected'])}: validation correlation "
+        f"{summary['validation_correlation']['ensemble']:.4f}"
+    )
+    for key, scores in summary.get("test", {}).items():
+        e = scores["ensemble"]
         click.echo(
-            f"{name}: validation correlation {r['validation_correlation']:.4f} "
-            f"(best epoch {r['best_epoch']} of {r['epochs']})"
+            f"test {key}: single-trial {e['single_trial_correlation']:.3f}, "
+            f"to average {e['correlation_to_average']:.3f}"
         )
     click.echo(f"run written to {out}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 
 from training.data import RecordingTensors, batches
+from training.ensemble import greedy_select, mean_and_spread
 from training.models import get_config
-from training.run import evaluate, load_members, load_tensors, train_run
+from training.run import evaluate, load_members, load_tensors, member_data, train_run
 from training.trainer import TrainConfig, predict
 from twin import metrics
 from twin.data import load_recording, write_recording
@@ -64,13 +66,13 @@ def test_one_batch_per_recording_per_step(tiny_paths):
 
 
 def test_a_small_cnn_learns(trained, tiny_paths):
-    results = json.loads((trained / "metrics.json").read_text())["members"]["member-0"]
+    summary = json.loads((trained / "metrics.json").read_text())
     _, nets = load_members(trained)
     d = load_tensors([tiny_paths["90002-1-1"]])["90002-1-1"]
     idx = d.indices("validation")
     prediction = predict(nets[0], d, idx)
     observed = metrics.correlation(d.responses[idx].numpy(), prediction).mean()
-    assert observed == pytest.approx(results["validation_correlation"], abs=1e-5)  # best weights restored
+    assert observed == pytest.approx(summary["validation_correlation"]["members"]["member-0"], abs=1e-5)
     shuffled = metrics.correlation(
         d.responses[idx].numpy(), prediction[np.random.default_rng(0).permutation(len(idx))]
     )
@@ -169,3 +171,88 @@ def test_cli_unknown_model_exits_2(tiny_paths, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: model: 'nope'") and "cnn" in result.stderr
+
+
+def test_training_writes_curves_and_test_metrics(trained):
+    member = trained / "members" / "member-0"
+    assert (member / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((trained / "metrics.json").read_text())
+    assert summary["selected"] == ["member-0"]
+    test = summary["test"]["90002-1-1"]  # scored from the held-out responses beside the recording
+    assert test["ensemble"]["n_trials"] == 1000 and test["ensemble"]["single_trial_correlation"] > 0.05
+
+
+def test_an_ensemble_in_two_processes(tiny_paths, small_cnn, tmp_path):
+    """--nproc 2 runs torchrun with gloo; members differ in seed and split; rank 0 selects and scores."""
+    run = tmp_path / "ensemble"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twin.cli",
+            "train",
+            "--data",
+            str(tiny_paths["90002-1-1"]),
+            "--model",
+            str(small_cnn),
+            "--members",
+            "2",
+            "--nproc",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ensemble of member-" in result.stdout
+    summary = json.loads((run / "metrics.json").read_text())
+    members = summary["validation_correlation"]["members"]
+    assert set(members) == {"member-0", "member-1"} and members["member-0"] != members["member-1"]
+    assert summary["validation_correlation"]["ensemble"] >= max(members[m] for m in summary["selected"][:1])
+    scores = evaluate(run, [tiny_paths["90002-1-1"]], "test")["90002-1-1"]
+    assert scores["members"] == len(summary["selected"])
+    assert (scores["mean_member_std"] > 0) == (len(summary["selected"]) > 1)
+
+
+def test_members_of_an_ensemble_keep_the_validation_tier_for_selection(tiny_paths):
+    data = load_tensors([tiny_paths["90002-1-1"]])
+    original = data["90002-1-1"].tiers
+    splits = [member_data(data, i, 3, seed=0)["90002-1-1"].tiers for i in range(3)]
+    for tiers in splits:
+        assert np.array_equal(tiers == "selection", original == "validation")
+        assert (tiers == "validation").sum() == (original == "validation").sum()
+        assert not np.any((tiers == "validation") & (original != "train"))
+    assert not np.array_equal(splits[0] == "validation", splits[1] == "validation")
+    assert member_data(data, 0, 1, seed=0) is data  # a single model follows the reference recipe
+
+
+def test_greedy_selection_and_spread():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(200, 5))
+    responses = {"a": truth + rng.normal(size=truth.shape)}
+    good = [{"a": truth + 0.5 * rng.normal(size=truth.shape)} for _ in range(3)]
+    bad = {"a": rng.normal(size=truth.shape)}
+    chosen, path = greedy_select([bad, *good], responses)
+    assert 0 not in chosen and len(chosen) >= 2
+    assert all(b > a for a, b in itertools.pairwise(path))
+    _mean, spread = mean_and_spread([good[0]["a"], good[0]["a"]])
+    np.testing.assert_array_equal(spread, 0)
+
+
+def test_correlation_loss_and_gpu_only_options():
+    import torch
+
+    from training.trainer import correlation_loss
+
+    x = torch.randn(64, 4)
+    assert float(correlation_loss(2 * x + 1, x)) == pytest.approx(0, abs=1e-4)
+    assert float(correlation_loss(-x, x)) == pytest.approx(2 * 4 * 64, rel=1e-4)
+    with pytest.raises(InvalidInput, match="amp"):
+        TrainConfig(amp=True)
