@@ -73,7 +73,7 @@ def test_public_names_exist():
 
 
 def test_registry_has_the_baselines():
-    assert {"ln", "cnn", "cnn_behavior"} <= set(available())
+    assert {"ln", "cnn", "cnn_behavior", "twin", "twin_behavior"} <= set(available())
     assert get_config("ln").core.kind == "linear" and get_config("ln").core.layers == 3
     assert get_config("cnn").core.layers == 4 and not get_config("cnn").behavior_channels
     plus = get_config("cnn_behavior")
@@ -113,9 +113,10 @@ def test_state_dict_rebuilds_the_same_model(name):
         torch.testing.assert_close(run(again, "26872-17-20", x), run(model, "26872-17-20", x))
 
 
-def test_eval_model_exports_without_grid_sample():
+@pytest.mark.parametrize("name", available())
+def test_eval_model_exports_without_grid_sample(name):
     torch.manual_seed(0)
-    model = build(small("cnn_behavior"), recordings()).eval()
+    model = build(small(name), recordings()).eval()
 
     class OneKey(torch.nn.Module):
         def __init__(self):
@@ -391,8 +392,6 @@ def test_bad_recordings_raise():
     learned = replace(small("cnn"), readout=ReadoutConfig(use_coordinates=False))
     model = build(learned, {"a": RecordingShape(3, None, None)})
     assert model.readouts["a"].mu_transform is None
-    with pytest.raises(InvalidInput, match="modulator"):
-        build(replace(small("cnn"), modulator=True), recordings())
 
 
 # --- configs and registry --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from twin.errors import InvalidInput
 
 __all__ = ["BIAS_INITS", "CORE_KINDS", "CoreConfig", "ModelConfig", "ReadoutConfig"]
 
-CORE_KINDS = ("cnn", "linear")
+CORE_KINDS = ("cnn", "linear", "resnet")
 BIAS_INITS = ("zero", "mean")
 
 
@@ -54,11 +54,19 @@ def _from_mapping(cls: type, data: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class CoreConfig:
-    """The shared feature extractor (Lurz et al. 2021 / SENSORIUM baseline core, or its linear twin).
+    """The shared feature extractor: the SENSORIUM baseline core (Lurz et al. 2021), a linear twin, a ResNet.
 
-    kind "cnn": conv input_kernel (stride input_stride, unpadded unless pad_input), then layers-1
-    depthwise-separable hidden_kernel convs with 'same' padding; batch norm and ELU after each.
+    Every kind starts with conv input_kernel (stride input_stride, unpadded unless pad_input), batch norm
+    (and ELU unless linear); the Laplace penalty (laplace_weight) smooths this first conv's kernels.
+    kind "cnn": then layers-1 hidden_kernel convs with 'same' padding (depthwise-separable if depthwise);
+    batch norm and ELU after each.
     kind "linear": the same layers without any nonlinearity (the LN baseline's core).
+    kind "resnet": then layers-1 residual blocks conv-BN-ELU-dropout-conv-BN, + skip, ELU (the
+    SENSORIUM winners' ResNet-style cores with ELU and dropout; convs as in "cnn").
+    residual: identity skips around the hidden layers / blocks; None (the default) means True for
+    "resnet" and False otherwise, so a stored config always holds the resolved bool.
+    input_stride: the winners used a strided 4x4 first conv on the 144 x 256 images instead of resizing;
+    on our 36 x 64 images stride 1 keeps the baseline's feature resolution.
     """
 
     kind: str = "cnn"
@@ -71,13 +79,15 @@ class CoreConfig:
     input_stride: int = 1
     pad_input: bool = False
     dropout: float = 0.0
-    residual: bool = False
+    residual: bool | None = None
     laplace_weight: float = 6.3831
     batch_norm_momentum: float = 0.1
 
     def __post_init__(self) -> None:
         if self.kind not in CORE_KINDS:
             raise InvalidInput(f"kind: {self.kind!r}; expected one of {list(CORE_KINDS)}")
+        if self.residual is None:
+            object.__setattr__(self, "residual", self.kind == "resnet")
         for name in ("in_channels", "channels", "layers", "input_kernel", "hidden_kernel", "input_stride"):
             _check_int(self, name, 1)
         if self.hidden_kernel % 2 == 0:
@@ -123,11 +133,16 @@ class ReadoutConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A whole model: core, readout, which behavioural inputs it uses, and its input resolution.
+    """A whole model: core, readout, which derived and behavioural inputs it uses, and its input resolution.
 
-    behavior_channels: the 3 behaviour values enter the core as constant image channels (core
-    in_channels must then be 1 + 3). shifter: the pupil centre moves every readout position.
-    modulator: reserved (not implemented; building such a model raises).
+    The model takes only images (B, 1, H, W) (+ behaviour, pupil centre); extra core channels are
+    computed inside it, in this order after the image (so core.in_channels must count them):
+    input_centered: + 1, the image minus its own mean, divided by its own std (winners' "centred copy").
+    input_gradients: + 2, Sobel x / y gradients of the image (winners' gradient channels).
+    behavior_channels: + 3, the behaviour values as constant planes (the SENSORIUM+ baseline).
+    shifter: the pupil centre moves every readout position (the SENSORIUM+ baseline).
+    modulator: a per-recording MLP behaviour (3) -> modulator_hidden -> one gain per neuron multiplies
+    the predicted rate (the winners' modulator, from behaviour only: our trials carry no time order).
     image_shape: (H, W) of the images the model takes (the baseline's 36 x 64).
     """
 
@@ -138,6 +153,9 @@ class ModelConfig:
     shifter: bool = False
     modulator: bool = False
     image_shape: tuple[int, int] = (36, 64)
+    input_gradients: bool = False
+    input_centered: bool = False
+    modulator_hidden: int = 16
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -146,8 +164,9 @@ class ModelConfig:
             raise InvalidInput(f"core: {self.core!r}; expected a CoreConfig")
         if not isinstance(self.readout, ReadoutConfig):
             raise InvalidInput(f"readout: {self.readout!r}; expected a ReadoutConfig")
-        for name in ("behavior_channels", "shifter", "modulator"):
+        for name in ("behavior_channels", "shifter", "modulator", "input_gradients", "input_centered"):
             _check_bool(self, name)
+        _check_int(self, "modulator_hidden", 1)
         shape = self.image_shape
         if (
             not isinstance(shape, tuple | list)
@@ -156,12 +175,20 @@ class ModelConfig:
         ):
             raise InvalidInput(f"image_shape: {shape!r}; expected (height, width), two integers >= 1")
         object.__setattr__(self, "image_shape", (int(shape[0]), int(shape[1])))
-        expected = 1 + (3 if self.behavior_channels else 0)
-        if self.core.in_channels != expected:
+        if self.core.in_channels != self.in_channels:
+            parts = ["1 image channel"]
+            parts += ["1 centred copy"] if self.input_centered else []
+            parts += ["2 gradient channels"] if self.input_gradients else []
+            parts += ["3 behaviour channels"] if self.behavior_channels else []
             raise InvalidInput(
-                f"core.in_channels: {self.core.in_channels}; expected {expected} "
-                f"(1 image channel{' + 3 behaviour channels' if self.behavior_channels else ''})"
+                f"core.in_channels: {self.core.in_channels}; "
+                f"expected {self.in_channels} ({' + '.join(parts)})"
             )
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the core receives: the image, its derived channels, and the behaviour planes."""
+        return 1 + int(self.input_centered) + 2 * int(self.input_gradients) + 3 * int(self.behavior_channels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested dicts for core and readout)."""
@@ -171,7 +198,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of `to_dict`; unknown fields raise rather than being dropped."""
+        """Inverse of `to_dict`; unknown fields raise rather than being dropped, missing ones default.
+
+        Dicts stored before a field existed load with its default (which keeps their model unchanged).
+        """
         if not isinstance(data, dict):
             raise InvalidInput(f"model config: {data!r}; expected a mapping")
         values = dict(data)

@@ -1,7 +1,9 @@
 """The shared core: images -> feature maps, one for all recordings.
 
-Matches neuralpredictors' Stacked2dCore as the SENSORIUM 2022 baseline configures it (stack=-1: only
-the last layer's features go to the readout; depth_separable=True; LaplaceL2norm on the first layer).
+kinds "cnn" / "linear" match neuralpredictors' Stacked2dCore as the SENSORIUM 2022 baseline configures
+it (stack=-1: only the last layer's features go to the readout; depth_separable=True; LaplaceL2norm on
+the first layer). kind "resnet" keeps that first layer and stacks residual blocks after it, as the
+SENSORIUM winners' ResNet-style cores did.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import Tensor, nn
 
 from training.models.config import CoreConfig
 
-__all__ = ["Core", "laplace_l2norm"]
+__all__ = ["Core", "ResidualBlock", "laplace_l2norm"]
 
 # neuralpredictors.regularizers.laplace(): the 5-point discrete Laplacian.
 _LAPLACE = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
@@ -43,13 +45,48 @@ class DepthSeparableConv2d(nn.Sequential):
         self.out_depth_conv = nn.Conv2d(out_channels, out_channels, 1, bias=False)
 
 
+def hidden_conv(config: CoreConfig) -> nn.Module:
+    """A channels -> channels hidden_kernel 'same' conv without bias, depthwise-separable if asked."""
+    c = config
+    if c.depthwise:
+        return DepthSeparableConv2d(c.channels, c.channels, c.hidden_kernel)
+    return nn.Conv2d(c.channels, c.channels, c.hidden_kernel, padding=c.hidden_kernel // 2, bias=False)
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ELU-dropout-conv-BN, + x (if residual), ELU: (B, C, H, W) -> (B, C, H, W).
+
+    Dropout sits between the two convs, as in wide ResNets, so the skip path is never dropped.
+    """
+
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        c = config
+        layers: list[nn.Module] = [
+            hidden_conv(c),
+            nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum),
+            nn.ELU(),
+        ]
+        if c.dropout > 0:
+            layers.append(nn.Dropout(c.dropout))
+        layers += [hidden_conv(c), nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum)]
+        self.branch = nn.Sequential(*layers)
+        self.residual = c.residual
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = self.branch(features)  # (B, C, H, W)
+        return F.elu(features + out if self.residual else out)
+
+
 class Core(nn.Module):
-    """Stacked conv core. kind "cnn": conv -> batch norm -> ELU per layer; kind "linear": no ELU.
+    """Stacked conv core. kind "cnn": conv -> batch norm -> ELU per layer; kind "linear": no ELU;
+    kind "resnet": the same first layer, then layers-1 ResidualBlocks.
 
     Convs have no bias: the batch norm after each one makes it redundant. The linear core keeps the
     batch norm, as the reference LN baseline does (Stacked2dCore(linear=True) drops only the ELUs);
     at eval it is an affine map, so core + readout is linear.
-    Optional (not in the baseline): dropout after every hidden layer, identity skips around them.
+    Optional for "cnn" / "linear" (not in the baseline): dropout after every hidden layer, identity
+    skips around them.
     """
 
     def __init__(self, config: CoreConfig):
@@ -63,19 +100,18 @@ class Core(nn.Module):
             ),
             nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum),
         ]
-        if c.kind == "cnn":
+        if c.kind != "linear":
             first.append(nn.ELU())
         self.input_layer = nn.Sequential(*first)
         self.hidden_layers = nn.ModuleList()
         for _ in range(c.layers - 1):
-            conv = (
-                DepthSeparableConv2d(c.channels, c.channels, c.hidden_kernel)
-                if c.depthwise
-                else nn.Conv2d(
-                    c.channels, c.channels, c.hidden_kernel, padding=c.hidden_kernel // 2, bias=False
-                )
-            )
-            layer: list[nn.Module] = [conv, nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum)]
+            if c.kind == "resnet":
+                self.hidden_layers.append(ResidualBlock(c))
+                continue
+            layer: list[nn.Module] = [
+                hidden_conv(c),
+                nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum),
+            ]
             if c.kind == "cnn":
                 layer.append(nn.ELU())
             if c.dropout > 0:
@@ -103,6 +139,10 @@ class Core(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.input_layer(images)  # (B, C, H', W')
+        if self.config.kind == "resnet":
+            for block in self.hidden_layers:
+                features = block(features)  # (B, C, H', W'), skips inside the block
+            return features
         for layer in self.hidden_layers:
             out = layer(features)  # (B, C, H', W')
             features = features + out if self.config.residual else out

@@ -1,7 +1,9 @@
-"""The digital twin: one shared core, one readout (and shifter) per recording, ELU + 1 output.
+"""The digital twin: one shared core, one readout (and shifter, modulator) per recording, ELU + 1 output.
 
 neuralpredictors' FiringRateEncoder(core, MultipleFullGaussian2d, MLPShifter) as the SENSORIUM
-baselines assemble it: responses = ELU(readout[data_key](core(x), shift)) + 1, a positive rate.
+baselines assemble it: responses = ELU(readout[data_key](core(x), shift)) + 1, a positive rate; with a
+modulator that rate is multiplied by a per-neuron gain from behaviour. x is the image with the
+channels derived from it (inputs.py) and the behaviour planes, as the config asks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from torch import Tensor, nn
 
 from training.models.config import ModelConfig
 from training.models.core import Core
+from training.models.inputs import InputChannels
+from training.models.modulator import Modulator
 from training.models.readout import GaussianReadout
 from training.models.shifter import Shifter
 from twin.errors import InvalidInput, ModelNotFound
@@ -48,12 +52,10 @@ class RecordingShape:
 
 
 class Twin(nn.Module):
-    """Shared core + per-data_key readouts (and shifters), keyed by data key in nn.ModuleDicts."""
+    """Shared core + per-data_key readouts (and shifters, modulators), keyed by data key in nn.ModuleDicts."""
 
     def __init__(self, config: ModelConfig, recordings: dict[str, RecordingShape]):
         super().__init__()
-        if config.modulator:
-            raise InvalidInput("modulator: True; not implemented yet, expected False")
         if not isinstance(recordings, dict) or not recordings:
             raise InvalidInput(
                 f"recordings: {recordings!r}; expected a non-empty dict data_key -> RecordingShape"
@@ -77,6 +79,7 @@ class Twin(nn.Module):
                     "(readout.bias_init is 'mean')"
                 )
         self.config = config
+        self.inputs = InputChannels(gradients=config.input_gradients, centered=config.input_centered)
         self.core = Core(config.core)
         in_shape = self.core.output_shape(*config.image_shape)  # (C, H', W')
         if min(in_shape[1:]) < 1:
@@ -86,6 +89,7 @@ class Twin(nn.Module):
             )
         self.readouts = nn.ModuleDict()
         self.shifters = nn.ModuleDict() if config.shifter else None
+        self.modulators = nn.ModuleDict() if config.modulator else None
         for key, shape in recordings.items():
             coordinates = shape.coordinates if config.readout.use_coordinates else None
             readout = GaussianReadout(in_shape, coordinates, config.readout, n_neurons=shape.n_neurons)
@@ -94,6 +98,8 @@ class Twin(nn.Module):
             self.readouts[key] = readout
             if self.shifters is not None:
                 self.shifters[key] = Shifter()
+            if self.modulators is not None:
+                self.modulators[key] = Modulator(shape.n_neurons, config.modulator_hidden)
 
     @property
     def data_keys(self) -> list[str]:
@@ -113,21 +119,23 @@ class Twin(nn.Module):
     ) -> Tensor:
         """images (B, 1, H, W) -> responses (B, N) of recording data_key.
 
-        behavior (B, 3) is required when the config uses behaviour channels, pupil_center (B, 2) when it
-        has a shifter; each is ignored by a model that does not use it.
+        behavior (B, 3) is required when the config uses behaviour channels or a modulator, pupil_center
+        (B, 2) when it has a shifter; each is ignored by a model that does not use it.
         """
         self._check_key(data_key)
         height, width = self.config.image_shape
         if images.ndim != 4 or images.shape[1] != 1 or tuple(images.shape[2:]) != (height, width):
             raise InvalidInput(f"images: shape {tuple(images.shape)}; expected (B, 1, {height}, {width})")
-        x = images
-        if self.config.behavior_channels:
+        if self.config.behavior_channels or self.modulators is not None:
             if behavior is None:
                 raise InvalidInput(f"behavior: None; model {self.config.name!r} needs (B, 3) behaviour")
             if behavior.ndim != 2 or behavior.shape[1] != 3:
                 raise InvalidInput(f"behavior: shape {tuple(behavior.shape)}; expected (B, 3)")
-            planes = behavior.to(images.dtype)[:, :, None, None].expand(-1, -1, height, width)  # (B, 3, H, W)
-            x = torch.cat([images, planes], dim=1)  # (B, 4, H, W)
+            behavior = behavior.to(images.dtype)
+        x = self.inputs(images)  # (B, 1 + derived, H, W)
+        if self.config.behavior_channels:
+            planes = behavior[:, :, None, None].expand(-1, -1, height, width)  # (B, 3, H, W)
+            x = torch.cat([x, planes], dim=1)  # (B, in_channels, H, W)
         shift = None
         if self.shifters is not None:
             if pupil_center is None:
@@ -136,12 +144,17 @@ class Twin(nn.Module):
                 )
             shift = self.shifters[data_key](pupil_center.to(images.dtype))  # (B, 2)
         features = self.core(x)  # (B, C, H', W')
-        return F.elu(self.readouts[data_key](features, shift)) + 1  # (B, N)
+        rate = F.elu(self.readouts[data_key](features, shift)) + 1  # (B, N)
+        if self.modulators is not None:
+            rate = rate * self.modulators[data_key](behavior)  # (B, N) gain * rate, still > 0
+        return rate
 
     def regularizer(self, data_key: str) -> Tensor:
-        """Core + this recording's readout (+ shifter) penalties, as Encoder.regularizer sums them."""
+        """Core + this recording's readout (+ shifter, modulator) penalties, summed as Encoder.regularizer."""
         self._check_key(data_key)
         penalty = self.core.regularizer() + self.readouts[data_key].regularizer()
         if self.shifters is not None:
             penalty = penalty + self.shifters[data_key].regularizer()
+        if self.modulators is not None:
+            penalty = penalty + self.modulators[data_key].regularizer()
         return penalty

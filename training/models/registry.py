@@ -4,6 +4,8 @@ The baselines follow the SENSORIUM 2022 reference configs (sinzlab/sensorium not
 stacked_core_full_gauss_readout): 64 channels, 9x9 input conv unpadded, 7x7 depth-separable hidden
 layers, Laplace weight 6.3831, readout L1 0.0076, init_sigma 0.1, init_mu_range 0.3, cortex position
 MLP with 30 hidden units and final tanh, readout from the last layer only (stack=-1).
+`twin` and `twin_behavior` keep that readout and add the SENSORIUM winners' ingredients (SENSORIUM.md §5),
+each a config field so that an ablation can switch it off.
 """
 
 from __future__ import annotations
@@ -78,4 +80,47 @@ def cnn_behavior() -> ModelConfig:
     core = CoreConfig(kind="cnn", in_channels=4, layers=4, batch_norm_momentum=REFERENCE_BN_MOMENTUM)
     return ModelConfig(
         name="cnn_behavior", core=core, readout=ReadoutConfig(), behavior_channels=True, shifter=True
+    )
+
+
+def _twin_core(in_channels: int) -> CoreConfig:
+    """The twin's core: the baseline's 9x9 first layer (Laplace-smoothed), then 4 full-conv residual blocks.
+
+    Winner ingredients, each a field: kind "resnet" (ResNet-style core with ELU), dropout 0.1, full 3x3
+    convs (depthwise False); input_stride 1 because our images are already 36 x 64 (the winners' strided
+    first conv replaced that resize). 64 channels keep a training step CPU-sized; the winners went to
+    128-256 on GPUs (set channels). Batch norm momentum is PyTorch's default 0.1, not the reference's 0.9.
+    """
+    return CoreConfig(
+        kind="resnet",
+        in_channels=in_channels,
+        channels=64,
+        layers=5,
+        input_kernel=9,
+        hidden_kernel=3,
+        depthwise=False,
+        dropout=0.1,
+    )
+
+
+@register("twin")
+def twin() -> ModelConfig:
+    """Our SENSORIUM (image-only) model: resnet core fed the image, a centred copy and Sobel gradients."""
+    return ModelConfig(
+        name="twin", core=_twin_core(4), readout=ReadoutConfig(), input_gradients=True, input_centered=True
+    )
+
+
+@register("twin_behavior")
+def twin_behavior() -> ModelConfig:
+    """Our SENSORIUM+ model: `twin` plus behaviour channels and shifter (baseline) and a gain modulator."""
+    return ModelConfig(
+        name="twin_behavior",
+        core=_twin_core(7),
+        readout=ReadoutConfig(),
+        input_gradients=True,
+        input_centered=True,
+        behavior_channels=True,
+        shifter=True,
+        modulator=True,
     )
