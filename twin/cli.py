@@ -170,12 +170,7 @@ def validate(path: Path) -> None:
         click.echo(f"ok  {rec.data_key}: {rec.n_trials} trials ({counts}), {rec.n_neurons} neurons")
 
 
-def _expand(paths: tuple[Path, ...]) -> list[Path]:
-    return [p for path in paths for p in _recording_paths(path)]
-
-
-@cli.command()
-@click.option(
+_data_option = click.option(
     "--data",
     "data",
     type=click.Path(path_type=Path),
@@ -183,6 +178,14 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     required=True,
     help="A recording (folder or .zip) or a folder of recordings; repeat for more.",
 )
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    return [p for path in paths for p in _recording_paths(path)]
+
+
+@cli.command()
+@_data_option
 @click.option(
     "--model",
     default="cnn",
@@ -335,14 +338,7 @@ def _print_run(out: Path) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(path_type=Path),
-    multiple=True,
-    required=True,
-    help="A recording (folder or .zip) or a folder of recordings; repeat for more.",
-)
+@_data_option
 @click.option(
     "--tier",
     type=click.Choice(["train", "validation", "test", "final_test"]),
