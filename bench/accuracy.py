@@ -7,11 +7,15 @@ behaviour, trained with one shared core on every recording of the preset); SENSO
 behaviour recording (the behaviour variants: cnn_behavior, twin_behavior, reference with behaviour
 channels and shifter). Held-out test responses are read from the simulation's held_out/ folder.
 
-    python bench/accuracy.py                      # small preset: a GPU job (about 10 minutes on one H100)
-    python bench/accuracy.py --quick              # tiny preset, small budgets: checks the pipeline on CPU
-    python bench/accuracy.py --device cuda --amp  # bf16 on a GPU
+`twin` rows pre-train one core on every recording the model can use and fine-tune it on the track's
+recording, when the preset has more than one such recording (the winners' recipe); `--ablation` adds
+rows that switch off one ingredient of `twin` / `twin_behavior` at a time (single models).
 
-Prints a table and writes bench/results/accuracy-<preset>-<device>.json.
+    python bench/accuracy.py --device cuda --amp      # small preset: the GPU job (one H100/H200)
+    python bench/accuracy.py --quick                  # tiny preset, 16-channel models: CPU pipeline check
+    python bench/accuracy.py --quick --ablation       # ... with the ablation rows
+
+Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from simulate import machine
 
+from training.models import ModelConfig, get_config
 from training.run import evaluate, load_tensors, train_run
 from training.trainer import TrainConfig
 from twin import metrics
@@ -49,18 +54,42 @@ def _scores(s: dict) -> dict:
     return {k: s[k] for k in ("single_trial_correlation", "correlation_to_average", "feve")}
 
 
+def model_config(name: str, width: int | None, **changes) -> ModelConfig:
+    """A registered config, its core narrowed to `width` channels (CPU budgets), with field changes."""
+    config = get_config(name)
+    core = config.core if width is None else replace(config.core, channels=width)
+    core = replace(core, **changes.pop("core", {}))
+    return replace(config, core=core, **changes)
+
+
 def run_ours(
-    name: str, model: str, paths: list[Path], target: Path, members: int, config: TrainConfig, work: Path
+    name: str,
+    model: ModelConfig,
+    paths: list[Path],
+    target: Path,
+    members: int,
+    config: TrainConfig,
+    work: Path,
+    pretrain: list[Path] | None = None,
 ) -> dict:
+    """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier."""
     started = time.perf_counter()
-    run = work / f"{name}-{model}"
-    train_run(paths, model, run, members=members, config=config, progress=False)
+    run = work / name
+    init_from = None
+    if pretrain:
+        init_from = work / f"{name}-pretrained"
+        train_run(pretrain, model, init_from, members=members, config=config, progress=False)
+    train_run(paths, model, run, members=members, config=config, progress=False, init_from=init_from)
     scores = evaluate(run, [target], "test")
-    return {**_scores(next(iter(scores.values()))), "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        **_scores(next(iter(scores.values()))),
+        "pretrained_on": len(pretrain or []),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def run_reference(
-    paths: list[Path], target: Path, behavior: bool, epochs: int, device: str, work: Path
+    paths: list[Path], target: Path, behavior: bool, epochs: int, width: int | None, device: str, work: Path
 ) -> dict:
     """The neuralpredictors baseline, trained with its own loaders and loop, early-stopped on validation."""
     import reference
@@ -73,14 +102,50 @@ def run_reference(
         cuda=device.startswith("cuda"),
         workdir=work / "reference-data",
     )
-    model = reference.build_reference_model(loaders, shifter=behavior).to(device)
-    reference.train_early_stopped(model, loaders, max_epochs=epochs, device=device)
+    overrides = {} if width is None else {"hidden_channels": width}
+    model = reference.build_reference_model(loaders, shifter=behavior, **overrides).to(device)
+    outcome = reference.train_early_stopped(model, loaders, max_epochs=epochs, device=device)
     key = next(k for k in loaders["test"] if str(target.name).startswith(f"static{k}"))
     _, prediction = reference.predict_reference(model, loaders["test"][key], key, device)
     truth = load_tensors([target], with_held_out=True)[key]
     idx = truth.indices("test")
     scores = metrics.score(truth.responses[idx].numpy(), prediction, truth.image_ids[idx])
-    return {**_scores(scores.to_dict()), "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        **_scores(scores.to_dict()),
+        "epochs": outcome["epochs"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _ablations(width: int | None) -> dict[str, dict[str, tuple[ModelConfig, float, bool]]]:
+    """Rows: twin minus one ingredient -> {track: (model config, correlation weight, pre-train)}."""
+    full = {"sensorium": model_config("twin", width), "sensorium+": model_config("twin_behavior", width)}
+    baseline_core = {"kind": "cnn", "hidden_kernel": 7, "depthwise": True, "dropout": 0.0, "residual": False}
+    rows: dict[str, dict[str, tuple[ModelConfig, float, bool]]] = {
+        "- pre-training": {t: (c, 1.0, False) for t, c in full.items()},
+        "- correlation loss": {t: (c, 0.0, True) for t, c in full.items()},
+        "- dropout": {t: (replace(c, core=replace(c.core, dropout=0.0)), 1.0, True) for t, c in full.items()},
+        "- residual core": {
+            t: (replace(c, core=replace(c.core, **baseline_core)), 1.0, True) for t, c in full.items()
+        },
+        "- extra input channels": {
+            t: (
+                replace(
+                    c,
+                    input_gradients=False,
+                    input_centered=False,
+                    core=replace(c.core, in_channels=c.core.in_channels - 3),
+                ),
+                1.0,
+                True,
+            )
+            for t, c in full.items()
+        },
+    }
+    behavior = full["sensorium+"]
+    rows["- modulator"] = {"sensorium+": (replace(behavior, modulator=False), 1.0, True)}
+    rows["- shifter"] = {"sensorium+": (replace(behavior, shifter=False), 1.0, True)}
+    return rows
 
 
 def main() -> None:
@@ -88,15 +153,20 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="simulated preset (default: small; tiny with --quick)")
     parser.add_argument("--data", type=Path, default=None, help="an existing `twin simulate` output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (CUDA)")
-    parser.add_argument("--quick", action="store_true", help="tiny preset, a few epochs: a pipeline check")
-    parser.add_argument("--members", type=int, default=None, help="ensemble size (default 5; 2 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch cap (default 200; 3 with --quick)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, narrow models: a pipeline check")
+    parser.add_argument("--members", type=int, default=None, help="ensemble size (default 5; 3 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch cap (default 200; 20 with --quick)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="core channels of every model (16 with --quick)"
+    )
+    parser.add_argument("--ablation", action="store_true", help="add rows without one twin ingredient each")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
     args = parser.parse_args()
     preset = args.preset or ("tiny" if args.quick else "small")
-    members = args.members or (2 if args.quick else 5)
-    epochs = args.epochs or (3 if args.quick else 200)
+    members = args.members or (3 if args.quick else 5)
+    epochs = args.epochs or (20 if args.quick else 200)
+    width = args.width or (16 if args.quick else None)
     work = Path(tempfile.mkdtemp(prefix="twin-accuracy-"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))
     data = args.data or work / preset
@@ -104,38 +174,69 @@ def main() -> None:
         simulate(preset, data, seed=0, progress=False)
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
-    config = TrainConfig(max_epochs=epochs, device=args.device, amp=args.amp, channels_last=args.amp, seed=0)
+    with_behavior = [r["path"] for r in roles.values() if r["role"] != "image_only"]
+    config = TrainConfig(max_epochs=epochs, device=args.device, amp=args.amp, seed=0)
     twin_config = replace(config, correlation_weight=1.0)
-    plan = {
-        # row: {track: (model, training recordings, config, members)}
-        "LN": {"sensorium": ("ln", every, config, 1), "sensorium+": ("ln", every, config, 1)},
+    target = {track: roles[role]["path"] for track, role in TRACKS.items()}
+    # Pre-train on every recording the track's model can use, when there is more than the target.
+    pretrain = {"sensorium": every, "sensorium+": with_behavior}
+    pretrain = {t: (p if len(p) > 1 else None) for t, p in pretrain.items()}
+    plan: dict[str, dict[str, tuple]] = {
+        # row: {track: (model, training recordings, config, members, pre-training recordings)}
+        "LN": {
+            "sensorium": (model_config("ln", width), every, config, 1, None),
+            "sensorium+": (model_config("ln", width), every, config, 1, None),
+        },
         "CNN (ours)": {
-            "sensorium": ("cnn", every, config, 1),
-            "sensorium+": ("cnn_behavior", [roles["behavior"]["path"]], config, 1),
-        },
-        "twin (1 model)": {
-            "sensorium": ("twin", every, twin_config, 1),
-            "sensorium+": ("twin_behavior", [roles["behavior"]["path"]], twin_config, 1),
-        },
-        f"twin ensemble ({members})": {
-            "sensorium": ("twin", every, twin_config, members),
-            "sensorium+": ("twin_behavior", [roles["behavior"]["path"]], twin_config, members),
+            "sensorium": (model_config("cnn", width), every, config, 1, None),
+            "sensorium+": (model_config("cnn_behavior", width), [target["sensorium+"]], config, 1, None),
         },
     }
-    table: dict[str, dict] = {}
-    for row, tracks in plan.items():
-        table[row] = {}
-        for track, (model, paths, cfg, n) in tracks.items():
-            target = roles[TRACKS[track]]["path"]
-            table[row][track] = run_ours(row.split()[0], model, paths, target, n, cfg, work / track)
-            print(f"{row:<22} {track:<11} {table[row][track]}", flush=True)
-    if not args.skip_reference:
-        table["CNN (reference)"] = {
-            "sensorium": run_reference(every, roles["image_only"]["path"], False, epochs, args.device, work),
-            "sensorium+": run_reference(
-                [roles["behavior"]["path"]], roles["behavior"]["path"], True, epochs, args.device, work
+    for row, n in (("twin (1 model)", 1), (f"twin ensemble ({members})", members)):
+        plan[row] = {
+            "sensorium": (
+                model_config("twin", width),
+                [target["sensorium"]],
+                twin_config,
+                n,
+                pretrain["sensorium"],
+            ),
+            "sensorium+": (
+                model_config("twin_behavior", width),
+                [target["sensorium+"]],
+                twin_config,
+                n,
+                pretrain["sensorium+"],
             ),
         }
+    if args.ablation:
+        for row, tracks in _ablations(width).items():
+            plan[row] = {
+                track: (
+                    model,
+                    [target[track]] if pre else pretrain[track] or [target[track]],
+                    replace(config, correlation_weight=weight),
+                    1,
+                    pretrain[track] if pre else None,
+                )
+                for track, (model, weight, pre) in tracks.items()
+            }
+    table: dict[str, dict] = {}
+    for i, (row, tracks) in enumerate(plan.items()):
+        table[row] = {}
+        for track, (model, paths, cfg, n, pre) in tracks.items():
+            table[row][track] = run_ours(
+                f"{i}-{track}", model, paths, target[track], n, cfg, work / track, pre
+            )
+            print(f"{row:<24} {track:<11} {table[row][track]}", flush=True)
+    if not args.skip_reference:
+        table["CNN (reference)"] = {
+            "sensorium": run_reference(every, target["sensorium"], False, epochs, width, args.device, work),
+            "sensorium+": run_reference(
+                [target["sensorium+"]], target["sensorium+"], True, epochs, width, args.device, work
+            ),
+        }
+        print(f"{'CNN (reference)':<24} {table['CNN (reference)']}", flush=True)
     table["oracle"] = {
         "sensorium": {**roles["image_only"]["ceilings"]["test"]["image_only"]},
         "sensorium+": {**roles["behavior"]["ceilings"]["test"]["with_behavior"]},
@@ -147,6 +248,7 @@ def main() -> None:
         "quick": args.quick,
         "members": members,
         "max_epochs": epochs,
+        "width": width,
         "device": args.device,
         "amp": args.amp,
         "machine": machine(),
@@ -161,9 +263,9 @@ def main() -> None:
 
 
 def _print(table: dict) -> None:
-    head = f"{'model':<22}" + "".join(f" | {t:^26}" for t in TRACKS)
+    head = f"{'model':<24}" + "".join(f" | {t:^26}" for t in TRACKS)
     print("\n" + head)
-    print(f"{'':<22}" + " | single    avg     FEVE     " * len(TRACKS))
+    print(f"{'':<24}" + " | single    avg     FEVE     " * len(TRACKS))
     for row, tracks in table.items():
         cells = []
         for track in TRACKS:
@@ -175,7 +277,7 @@ def _print(table: dict) -> None:
             cells.append(
                 f" | {s['single_trial_correlation']:.3f}    {s['correlation_to_average']:.3f}   {feve:>6}  "
             )
-        print(f"{row:<22}" + "".join(cells))
+        print(f"{row:<24}" + "".join(cells))
     sys.stdout.flush()
 
 

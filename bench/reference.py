@@ -377,6 +377,7 @@ def reference_steps(
     lr: float = 0.009,
     device: str = "cpu",
     scale_loss: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Iterator[StepStats]:
     """sensorium.training.standard_trainer's inner loop, one optimizer step per `next()`, endlessly.
 
@@ -384,7 +385,8 @@ def reference_steps(
     until the largest is exhausted); the optimizer steps once per batch of every recording (gradients
     accumulated over recordings, optim_step_count = number of recordings). The loss of a batch is
     PoissonLoss(avg=False) * sqrt(len(dataset) / batch) + core.regularizer() + readout.regularizer(key).
-    Early stopping and the LR schedule are left out: they act between epochs.
+    Early stopping and the LR schedule act between epochs: `train_early_stopped` drives this loop with
+    them (pass its optimizer, so that the scheduler decays the learning rate this loop steps with).
     """
     import_neuralpredictors()
     from neuralpredictors.measures.modules import PoissonLoss
@@ -392,7 +394,7 @@ def reference_steps(
 
     train = dict(loaders.get("train", loaders))
     criterion = PoissonLoss(avg=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     per_step = len(train)  # optim_step_count
     model.to(device)
     model.train()
@@ -459,6 +461,68 @@ def train_reference(
             break
         started = time.perf_counter()
     return durations
+
+
+def train_early_stopped(
+    model: torch.nn.Module,
+    loaders: Mapping[str, Any],
+    *,
+    max_epochs: int = 200,
+    lr: float = 0.009,
+    patience: int = 5,
+    lr_decay_factor: float = 0.3,
+    lr_decay_steps: int = 4,
+    min_lr: float = 1e-4,
+    tolerance: float = 1e-6,
+    device: str = "cpu",
+) -> dict:
+    """sensorium's standard_trainer: the reference loop under neuralpredictors' own early stopping.
+
+    Adam; ReduceLROnPlateau(mode="max", factor, patience, threshold=tolerance, threshold_mode="abs",
+    min_lr) stepped with the validation correlation after every epoch; neuralpredictors.training
+    .early_stopping(interval=1, patience, max_iter=max_epochs, tolerance, restore_best=True,
+    lr_decay_steps): after `patience` epochs without improvement the best weights are restored and the
+    learning rate decays, `lr_decay_steps` times, then training stops with the best weights. The
+    defaults are the SENSORIUM 2022 baseline's (SENSORIUM.md §4). Returns the validation curve.
+    """
+    import_neuralpredictors()
+    from neuralpredictors.training import early_stopping
+
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="max",
+        factor=lr_decay_factor,
+        patience=patience,
+        threshold=tolerance,
+        threshold_mode="abs",
+        min_lr=min_lr,
+    )
+    steps = reference_steps(model, loaders, lr=lr, device=device, optimizer=optimizer)
+    curve: list[float] = []
+    for _, objective in early_stopping(
+        model,
+        lambda m: reference_validation_correlation(m, loaders, device=device),
+        interval=1,
+        patience=patience,
+        max_iter=max_epochs,
+        maximize=True,
+        tolerance=tolerance,
+        restore_best=True,
+        scheduler=scheduler,
+        lr_decay_steps=lr_decay_steps,
+    ):
+        curve.append(float(objective))
+        for stats in steps:
+            if stats.last_of_epoch:
+                break
+    model.eval()
+    return {
+        "epochs": len(curve),
+        "validation_curve": curve,
+        "validation_correlation": reference_validation_correlation(model, loaders, device=device),
+    }
 
 
 @torch.no_grad()

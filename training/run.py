@@ -119,6 +119,46 @@ def _shapes(data: dict[str, RecordingTensors]) -> dict[str, RecordingShape]:
     }
 
 
+def pretrained_weights(init_from: str | os.PathLike[str], member: int) -> tuple[dict, str]:
+    """The best weights of the pretrained run's member `member` mod its size (its selected members first)."""
+    run = Path(init_from)
+    try:
+        description = json.loads((run / "run.json").read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"init_from: {run} is not a training run (no run.json)") from None
+    indices = list(range(description["members"]))
+    if (run / "selection.json").is_file():
+        indices = json.loads((run / "selection.json").read_text())["selected"]
+    name = f"member-{indices[member % len(indices)]}"
+    best = run / "members" / name / BEST
+    if not best.is_file():
+        raise InvalidInput(f"init_from: {best} is missing; expected a finished run")
+    return torch.load(best, weights_only=False)["model"], name
+
+
+def initialize_from(net: torch.nn.Module, weights: dict) -> dict:
+    """Copy every parameter and buffer whose name and shape match (the shared core, and the readouts,
+    shifters and modulators of data keys both runs know); the rest keeps its fresh initialization.
+
+    Pre-training one core on all recordings, then fine-tuning on the target recordings, is what the
+    SENSORIUM winners did. A pretrained run whose core does not fit (other width, depth or input channels)
+    is refused: fine-tuning would then start from scratch without saying so.
+    """
+    own = net.state_dict()
+    loaded = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    core = [k for k in own if k.startswith("core.")]
+    missing_core = [k for k in core if k not in loaded]
+    if missing_core:
+        theirs = {k: tuple(v.shape) for k, v in weights.items() if k in missing_core[:3]}
+        raise InvalidInput(
+            f"init_from: the pretrained core does not fit this model ({len(missing_core)} of {len(core)} "
+            f"core tensors differ, e.g. {missing_core[:3]} pretrained as {theirs}); expected the same core "
+            "config"
+        )
+    net.load_state_dict({**own, **loaded})
+    return {"loaded": len(loaded), "fresh": sorted(k for k in own if k not in loaded)}
+
+
 def _rank() -> tuple[int, int]:
     """(rank, world size) under torchrun / torch.distributed, else (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -135,8 +175,12 @@ def train_run(
     config: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> dict:
     """Train `members` models on the recordings at `paths`, select the ensemble, write its metrics.
+
+    init_from: a finished run (e.g. one core pre-trained on every recording); member i starts from its
+    member i (mod its size) wherever the weights fit (`initialize_from`) and is fine-tuned here.
 
     Under torch.distributed (torchrun), rank r trains members r, r + world, ...; rank 0 then selects the
     ensemble and scores it. Returns the run's metrics (on rank 0; {} elsewhere).
@@ -158,13 +202,19 @@ def train_run(
             "preprocessing": {k: d.preprocessing.to_dict() for k, d in data.items()},
             "coordinates": {k: d.coordinates.tolist() for k, d in data.items()},
             "members": members,
+            "init_from": None if init_from is None else str(init_from),
         }
         _write_json(run / "run.json", description)
     for i in range(rank, members, world):
         own = member_data(data, i, members, config.seed)
         torch.manual_seed(config.seed + i)
-        net = build(model_config, _shapes(own)).to(config.device)
+        net = build(model_config, _shapes(own))
         folder = run / "members" / f"member-{i}"
+        start = None
+        if init_from is not None:
+            weights, source = pretrained_weights(init_from, i)
+            start = {"init_from": str(init_from), "member": source, **initialize_from(net, weights)}
+        net = net.to(config.device)
         outcome = train(
             net,
             {k: d.to(config.device) for k, d in own.items()},
@@ -179,6 +229,7 @@ def train_run(
                 "best_epoch": outcome.best_epoch,
                 "epochs": outcome.epochs,
                 "early_stopping_correlation": outcome.best_validation_correlation,
+                "start": start,
             },
         )
     if world > 1:

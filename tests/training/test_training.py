@@ -246,7 +246,7 @@ def test_greedy_selection_and_spread():
     np.testing.assert_array_equal(spread, 0)
 
 
-def test_correlation_loss_and_gpu_only_options():
+def test_correlation_loss():
     import torch
 
     from training.trainer import correlation_loss
@@ -254,5 +254,53 @@ def test_correlation_loss_and_gpu_only_options():
     x = torch.randn(64, 4)
     assert float(correlation_loss(2 * x + 1, x)) == pytest.approx(0, abs=1e-4)
     assert float(correlation_loss(-x, x)) == pytest.approx(2 * 4 * 64, rel=1e-4)
-    with pytest.raises(InvalidInput, match="amp"):
-        TrainConfig(amp=True)
+    with pytest.raises(InvalidInput, match="device"):
+        TrainConfig(device="tpu")
+
+
+def test_channels_last_trains_the_same_model(tiny_paths, small_cnn, tmp_path):
+    """NHWC only reorders memory: two epochs give the same validation curve as NCHW (to summation order)."""
+    config = replace(FAST, max_epochs=2)
+    curves = {}
+    for layout in (True, False):
+        run = tmp_path / f"channels-last-{layout}"
+        train_run(
+            [tiny_paths["90001-1-1"]],
+            small_cnn,
+            run,
+            config=replace(config, channels_last=layout),
+            progress=False,
+        )
+        log = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
+        curves[layout] = [json.loads(line)["validation_correlation"] for line in log]
+    assert len(curves[True]) == 2
+    np.testing.assert_allclose(curves[True], curves[False], atol=2e-3)
+
+
+def test_fine_tuning_starts_from_a_pretrained_shared_core(tiny_paths, small_cnn, tmp_path):
+    """Pre-train one core on both recordings, fine-tune on one: the first epoch already beats scratch."""
+    config = replace(FAST, max_epochs=1)
+    pretrained = tmp_path / "pretrained"
+    train_run(
+        list(tiny_paths.values()), small_cnn, pretrained, config=replace(FAST, max_epochs=3), progress=False
+    )
+    first_epoch = {}
+    for name, init_from in (("scratch", None), ("fine-tuned", pretrained)):
+        run = tmp_path / name
+        train_run(
+            [tiny_paths["90001-1-1"]], small_cnn, run, config=config, progress=False, init_from=init_from
+        )
+        log = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
+        first_epoch[name] = json.loads(log[0])["validation_correlation"]
+    start = json.loads((tmp_path / "fine-tuned" / "members" / "member-0" / "training.json").read_text())[
+        "start"
+    ]
+    assert start["member"] == "member-0" and start["fresh"] == []  # core and readout of 90001-1-1 both fit
+    assert first_epoch["fine-tuned"] > first_epoch["scratch"] + 0.02
+
+    wider = tmp_path / "wider.json"
+    config_dict = json.loads(small_cnn.read_text())
+    config_dict["core"]["channels"] = 12
+    wider.write_text(json.dumps(config_dict))
+    with pytest.raises(InvalidInput, match="init_from: the pretrained core does not fit"):
+        train_run([tiny_paths["90001-1-1"]], wider, tmp_path / "bad", config=config, init_from=pretrained)
