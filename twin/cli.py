@@ -208,13 +208,25 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--amp/--no-amp", default=False, help="bf16 autocast and channels_last (CUDA only).")
+@click.option("--amp/--no-amp", default=False, help="bf16 autocast of the forward pass.")
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=True,
+    show_default=True,
+    help="NHWC memory layout for the convolutions (same arithmetic, faster).",
+)
 @click.option(
     "--nproc",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Train members in this many processes (torchrun on this machine).",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Fine-tune: start every member from this run's weights (e.g. a core pre-trained on all recordings).",
 )
 @click.option("--resume", is_flag=True, help="Continue each member from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -230,7 +242,9 @@ def train(
     seed,
     device,
     amp,
+    channels_last,
     nproc,
+    init_from,
     resume,
     quiet,
 ) -> None:
@@ -254,6 +268,8 @@ def train(
             seed=seed,
             device=device,
             amp=amp,
+            channels_last=channels_last,
+            init_from=init_from,
             resume=resume,
         )
         return
@@ -271,7 +287,7 @@ def train(
         device=device,
         correlation_weight=correlation_weight,
         amp=amp,
-        channels_last=amp,
+        channels_last=channels_last,
     )
     try:
         train_run(
@@ -282,6 +298,7 @@ def train(
             config=config,
             resume=resume,
             progress=not quiet and rank_zero,
+            init_from=init_from,
         )
     finally:
         shutdown()
@@ -307,8 +324,10 @@ def _launch(nproc: int, **options) -> None:
         if name == "data":
             for path in value:
                 args += [flag, str(path)]
-        elif name == "amp":
-            args.append("--amp" if value else "--no-amp")
+        elif name in ("amp", "channels_last"):
+            args.append(flag if value else flag.replace("--", "--no-", 1))
+        elif value is None:
+            continue
         elif name == "resume":
             args += [flag] if value else []
         else:
