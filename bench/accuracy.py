@@ -89,22 +89,25 @@ def run_ours(
 
 
 def run_reference(
-    paths: list[Path], target: Path, behavior: bool, epochs: int, width: int | None, device: str, work: Path
+    paths: list[Path], target: Path, behavior: bool, config: TrainConfig, width: int | None, work: Path
 ) -> dict:
     """The neuralpredictors baseline, trained with its own loaders and loop, early-stopped on validation."""
     import reference
 
     started = time.perf_counter()
+    device = config.device
     loaders = reference.reference_loaders(
         paths,
+        batch_size=config.batch_size,
         include_behavior=behavior,
         include_eye_position=behavior,
         cuda=device.startswith("cuda"),
         workdir=work / "reference-data",
+        materialize=True,  # same items; not bound by per-trial reads over a long run
     )
     overrides = {} if width is None else {"hidden_channels": width}
     model = reference.build_reference_model(loaders, shifter=behavior, **overrides).to(device)
-    outcome = reference.train_early_stopped(model, loaders, max_epochs=epochs, device=device)
+    outcome = reference.train_early_stopped(model, loaders, max_epochs=config.max_epochs, device=device)
     key = next(k for k in loaders["test"] if str(target.name).startswith(f"static{k}"))
     _, prediction = reference.predict_reference(model, loaders["test"][key], key, device)
     truth = load_tensors([target], with_held_out=True)[key]
@@ -156,17 +159,19 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass")
     parser.add_argument("--quick", action="store_true", help="tiny preset, narrow models: a pipeline check")
     parser.add_argument("--members", type=int, default=None, help="ensemble size (default 5; 3 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch cap (default 200; 20 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch cap (default 200; 40 with --quick)")
     parser.add_argument(
         "--width", type=int, default=None, help="core channels of every model (16 with --quick)"
     )
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128; 32 with --quick")
     parser.add_argument("--ablation", action="store_true", help="add rows without one twin ingredient each")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
     args = parser.parse_args()
     preset = args.preset or ("tiny" if args.quick else "small")
     members = args.members or (3 if args.quick else 5)
-    epochs = args.epochs or (20 if args.quick else 200)
+    epochs = args.epochs or (40 if args.quick else 200)
     width = args.width or (16 if args.quick else None)
+    batch_size = args.batch_size or (32 if args.quick else 128)
     work = Path(tempfile.mkdtemp(prefix="twin-accuracy-"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))
     data = args.data or work / preset
@@ -175,7 +180,7 @@ def main() -> None:
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
     with_behavior = [r["path"] for r in roles.values() if r["role"] != "image_only"]
-    config = TrainConfig(max_epochs=epochs, device=args.device, amp=args.amp, seed=0)
+    config = TrainConfig(max_epochs=epochs, batch_size=batch_size, device=args.device, amp=args.amp, seed=0)
     twin_config = replace(config, correlation_weight=1.0)
     target = {track: roles[role]["path"] for track, role in TRACKS.items()}
     # Pre-train on every recording the track's model can use, when there is more than the target.
@@ -231,9 +236,9 @@ def main() -> None:
             print(f"{row:<24} {track:<11} {table[row][track]}", flush=True)
     if not args.skip_reference:
         table["CNN (reference)"] = {
-            "sensorium": run_reference(every, target["sensorium"], False, epochs, width, args.device, work),
+            "sensorium": run_reference(every, target["sensorium"], False, config, width, work),
             "sensorium+": run_reference(
-                [target["sensorium+"]], target["sensorium+"], True, epochs, width, args.device, work
+                [target["sensorium+"]], target["sensorium+"], True, config, width, work
             ),
         }
         print(f"{'CNN (reference)':<24} {table['CNN (reference)']}", flush=True)
@@ -249,6 +254,7 @@ def main() -> None:
         "members": members,
         "max_epochs": epochs,
         "width": width,
+        "batch_size": batch_size,
         "device": args.device,
         "amp": args.amp,
         "machine": machine(),

@@ -192,6 +192,7 @@ def reference_loaders(
     cuda: bool = False,
     workdir: str | os.PathLike[str] | None = None,
     tiers: Sequence[str] = ("train", "validation", "test"),
+    materialize: bool = False,
 ) -> dict[str, dict[str, torch.utils.data.DataLoader]]:
     """sensorium.datasets.static_loaders: {tier: {data_key: DataLoader}} over copies of `folders`.
 
@@ -203,6 +204,9 @@ def reference_loaders(
     (the dataset's namedtuples do not pickle on 3.11). FileTreeDataset keeps its default use_cache=True:
     a trial read once stays in memory raw, its transforms are re-applied on every read.
     `workdir`: where the copies go (default: a new temporary folder, left for the caller to delete).
+    `materialize`: apply the (deterministic) transforms to every trial once and keep the results, the
+    same items in the same order, so that a long accuracy run on a GPU is not bound by the per-trial
+    file reads and rescaling. Speed benchmarks leave it off: that path is what its users run.
     """
     import_neuralpredictors()
     from neuralpredictors.data.datasets import FileTreeDataset
@@ -238,12 +242,31 @@ def reference_loaders(
         transforms += [Subsample(np.arange(len(dat.neurons.unit_ids))), ToTensor(cuda)]
         dat.transforms.extend(transforms)
         tier_array = dat.trial_info.tiers
+        if materialize:
+            dat = _Materialized(dat)
         key = _data_key(folder)
         for tier in tiers:
             subset = np.flatnonzero(tier_array == tier)
             sampler = SubsetRandomSampler(subset) if tier == "train" else SubsetSequentialSampler(subset)
             loaders[tier][key] = DataLoader(dat, sampler=sampler, batch_size=batch_size)
     return loaders
+
+
+class _Materialized(torch.utils.data.Dataset):
+    """Every item of a dataset computed once; indexing returns the stored item."""
+
+    def __init__(self, dataset: Any):
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.dataset = dataset  # what the model builder reads (data_keys, neurons, trial_info)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["dataset"], name)
 
 
 # ---------------------------------------------------------------------------------------------------

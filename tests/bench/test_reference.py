@@ -80,3 +80,19 @@ def test_reference_early_stopping_restores_the_best_weights(tiny_sim, tmp_path):
     # Every epoch's objective was seen by early stopping; the weights it kept are at least as good.
     assert outcome["validation_correlation"] >= max(curve) - 1e-6
     assert outcome["validation_correlation"] > curve[0] + 0.02  # it learned from its random start
+
+
+def test_materialized_loaders_give_the_same_batches(tiny_sim, tmp_path):
+    folders = sorted(tiny_sim.glob("static*"))[:1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        plain = reference_loaders(folders, batch_size=16, workdir=tmp_path / "a", tiers=("validation",))
+        kept = reference_loaders(
+            folders, batch_size=16, workdir=tmp_path / "b", tiers=("validation",), materialize=True
+        )
+    a, b = next(iter(plain["validation"].values())), next(iter(kept["validation"].values()))
+    assert len(a.dataset) == len(b.dataset) and b.dataset.neurons.unit_ids is not None
+    for x, y in zip(a, b, strict=True):
+        assert x._fields == y._fields
+        for u, v in zip(x, y, strict=True):
+            torch.testing.assert_close(u, v)
