@@ -1,0 +1,190 @@
+"""The artifact loader refuses damaged folders; the in-process ONNX twin checks what it is given."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin import artifact
+from twin.errors import FormatError, InvalidInput, ModelNotFound
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_artifact) -> artifact.Artifact:
+    return artifact.load(tiny_artifact, threads=2)
+
+
+@pytest.fixture
+def copy(tiny_artifact, tmp_path) -> Path:
+    """A private copy of the artifact, free to damage."""
+    return Path(shutil.copytree(tiny_artifact, tmp_path / "artifact"))
+
+
+def _images(batch: int = 3, size: tuple[int, int] = (36, 64), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, *size)).astype(np.uint8)
+
+
+def test_load_reads_the_manifest(loaded, tiny_artifact):
+    assert loaded.name == "cnn-tiny" and loaded.version == 1 and loaded.path == tiny_artifact
+    assert loaded.data_keys == ["90001-1-1", "90002-1-1"]
+    twin = loaded.twin("90002-1-1")
+    assert loaded.twin("90002-1-1") is twin  # sessions are built once per data key
+    info = twin.info()
+    assert info["name"] == "cnn-tiny" and info["data_key"] == "90002-1-1" and info["n_neurons"] == 150
+    assert info["image_size"] == [36, 64] and info["recording_image_size"] == [36, 64]
+    assert info["requires"] == {"behavior": False, "pupil_center": False}
+    assert info["response_units"] == "recording response units" and info["members"] == ["member-0"]
+    assert info["neuron_ids"] == loaded.manifest["recordings"]["90002-1-1"]["neuron_ids"]
+    with pytest.raises(InvalidInput, match=r"data_key: None.*90001-1-1"):
+        loaded.twin()
+    with pytest.raises(ModelNotFound, match=r"data_key: '1-2-3'"):
+        loaded.twin("1-2-3")
+
+
+def test_predictions_have_the_documented_shapes_and_types(loaded):
+    twin = loaded.twin("90001-1-1")
+    images = _images()
+    mean, std = twin.predict(images)
+    assert mean.shape == std.shape == (3, 150) and mean.dtype == std.dtype == np.float32
+    assert np.all(mean > 0) and np.all(std >= 0)
+    members = twin.predict_members(images)
+    assert members.shape == (twin.n_members, 3, 150)
+    np.testing.assert_allclose(members.mean(0), mean, rtol=1e-5)
+    same, _ = twin.predict(images[:, None].astype(np.float64))  # (B, 1, H, W), any real dtype
+    np.testing.assert_allclose(same, mean, rtol=1e-6)
+    gradient = twin.gradient(images, np.ones((3, 150)))
+    assert gradient.shape == (3, 36, 64) and gradient.dtype == np.float32 and np.any(gradient != 0)
+
+
+def test_a_neuron_subset_is_the_columns_of_the_full_prediction(loaded):
+    twin = loaded.twin("90002-1-1")
+    images = _images(seed=1)
+    mean, std = twin.predict(images)
+    ids = twin.neuron_ids[[7, 0, 149, 7]]
+    sub_mean, sub_std = twin.predict(images, neurons=ids.tolist())
+    np.testing.assert_array_equal(sub_mean, mean[:, [7, 0, 149, 7]])
+    np.testing.assert_array_equal(sub_std, std[:, [7, 0, 149, 7]])
+    members = twin.predict_members(images, neurons=ids)
+    np.testing.assert_array_equal(members, twin.predict_members(images)[:, :, [7, 0, 149, 7]])
+    unknown = int(twin.neuron_ids.max()) + 1
+    with pytest.raises(InvalidInput, match=rf"neurons: id {unknown} is not a neuron of recording 90002-1-1"):
+        twin.predict(images, neurons=[int(ids[0]), unknown])
+    with pytest.raises(InvalidInput, match=r"neurons: .*non-empty"):
+        twin.predict(images, neurons=[])
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((2, 36)), r"images: shape \(2, 36\); expected \(B, H, W\) or \(B, 1, H, W\)"),
+        (np.zeros((2, 3, 36, 64)), r"images: shape \(2, 3, 36, 64\)"),
+        (np.zeros((2, 40, 64)), r"images: shape \(2, 40, 64\); expected \(H, W\) = \(36, 64\) \(model\)"),
+        (np.zeros((0, 36, 64)), r"images: shape \(0, 36, 64\), an empty batch"),
+        (np.full((1, 36, 64), np.nan), "images: contains NaN or inf"),
+        (np.full((1, 36, 64), 1e300), "images: contains NaN or inf"),
+        (np.zeros((1, 36, 64), complex), "images: dtype complex128; expected real numbers"),
+        (np.array([["a"]]), "images: dtype <U1; expected real numbers"),
+    ],
+)
+def test_bad_images_are_refused_with_the_field_and_the_value(loaded, images, message):
+    twin = loaded.twin("90001-1-1")
+    with pytest.raises(InvalidInput, match=message):
+        twin.predict(images)
+    with pytest.raises(InvalidInput, match=message):
+        twin.gradient(images, np.ones((max(len(images), 1), 150)))
+
+
+def test_bad_weights_and_extra_inputs_are_refused(loaded):
+    twin = loaded.twin("90001-1-1")
+    images = _images(2)
+    with pytest.raises(InvalidInput, match=r"weights: shape \(2, 149\); expected \(2, 150\)"):
+        twin.gradient(images, np.ones((2, 149)))
+    with pytest.raises(InvalidInput, match=r"weights: shape \(150,\); expected \(2, 150\)"):
+        twin.gradient(images, np.ones(150))
+    with pytest.raises(InvalidInput, match="weights: contains NaN"):
+        twin.gradient(images, np.full((2, 150), np.inf))
+    with pytest.raises(InvalidInput, match=r"behavior: shape \(3, 3\); expected \(2, 3\)"):
+        twin.predict(images, behavior=np.ones((3, 3)))
+    mean, _ = twin.predict(images, behavior=np.ones((2, 3)), pupil_center=np.zeros((2, 2)))
+    np.testing.assert_array_equal(mean, twin.predict(images)[0])  # an image-only twin ignores them
+
+
+def test_concurrent_callers_get_the_same_answers(loaded):
+    twin = loaded.twin("90001-1-1")
+    batches = [_images(4, seed=s) for s in range(8)]
+    expected = [twin.predict(b)[0] for b in batches]
+    weights = np.ones((4, 150), np.float32)
+    gradients = [twin.gradient(b, weights) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        means = list(pool.map(lambda b: twin.predict(b)[0], batches))
+        grads = list(pool.map(lambda b: twin.gradient(b, weights), batches))
+    for a, b in zip(means + grads, expected + gradients, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_modified_file_is_refused(copy):
+    graph = copy / "responses-90001-1-1.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=r"responses-90001-1-1\.onnx: sha256 differs"):
+        artifact.load(copy)
+
+
+def test_a_truncated_or_missing_file_is_refused(copy):
+    graph = copy / "gradient-90002-1-1.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    with pytest.raises(FormatError, match=r"gradient-90002-1-1\.onnx: \d+ bytes; the manifest says"):
+        artifact.load(copy)
+    graph.unlink()
+    with pytest.raises(FormatError, match=r"gradient-90002-1-1\.onnx: missing"):
+        artifact.load(copy)
+
+
+def test_a_missing_or_foreign_manifest_is_refused(copy, tmp_path):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(FormatError, match=r"manifest\.json: schema_version 99; this twin reads 1"):
+        artifact.load(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(FormatError, match=r"manifest\.json: not valid JSON"):
+        artifact.load(copy)
+    escape = {**manifest, "files": {**manifest["files"], "../outside": {"sha256": "", "bytes": 0}}}
+    (copy / "manifest.json").write_text(json.dumps(escape))
+    with pytest.raises(FormatError, match=r"files lists '\.\./outside'"):
+        artifact.load(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(FormatError, match=r"manifest\.json: missing; not a twin artifact"):
+        artifact.load(copy)
+    with pytest.raises(FormatError, match="not a folder"):
+        artifact.load(tmp_path / "nowhere")
+    with pytest.raises(InvalidInput, match="threads: 0"):
+        artifact.load(copy, threads=0)
+
+
+def test_public_names_exist():
+    from twin import resize
+
+    for module in (artifact, resize):
+        assert module.__all__ and all(hasattr(module, name) for name in module.__all__)
+
+
+def test_serving_an_artifact_never_imports_torch(tiny_artifact):
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import twin.artifact\n"
+        "light = 'onnxruntime' not in sys.modules\n"
+        f"t = twin.artifact.load({str(tiny_artifact)!r}).twin('90001-1-1')\n"
+        "t.predict(np.zeros((1, 36, 64))); t.gradient(np.zeros((1, 36, 64)), np.ones((1, 150)))\n"
+        "print(light, [m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "[]"]

@@ -1,0 +1,330 @@
+"""Load a twin artifact (manifest + ONNX graphs, DESIGN.md §1) and run it in process on ONNX Runtime.
+
+`load(path)` checks the manifest and the sha256 of every file it lists before anything runs, so a
+partial or tampered artifact is refused with the file named. `Artifact.twin(data_key)` gives an
+`OnnxTwin` with the interface every twin has (DESIGN.md §3): predict, predict_members, gradient, info.
+numpy and onnxruntime only; onnxruntime is imported on first use so `import twin` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from twin.errors import FormatError, InvalidInput, ModelNotFound
+from twin.resize import resize, resize_adjoint
+
+__all__ = ["MANIFEST", "RESPONSE_UNITS", "SCHEMA_VERSION", "Artifact", "OnnxTwin", "checksum", "load"]
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+RESPONSE_UNITS = "recording response units"
+_REQUIRED = ("schema_version", "name", "version", "data_keys", "recordings", "files")
+_KEY_FIELDS = ("n_neurons", "neuron_ids", "image_size", "recording_image_size", "requires", "graphs")
+
+
+def checksum(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, hex: what the manifest records for every file of an artifact."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise FormatError(f"{folder}: not a folder; expected a twin artifact folder with {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{path}: missing; not a twin artifact (or one still being written)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise FormatError(f"{path}: a {type(manifest).__name__}; expected a JSON object")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise FormatError(f"{path}: fields {missing} missing; expected {list(_REQUIRED)}")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise FormatError(
+            f"{path}: schema_version {manifest['schema_version']!r}; this twin reads {SCHEMA_VERSION}"
+        )
+    for key in manifest["data_keys"]:
+        entry = manifest["recordings"].get(key)
+        if not isinstance(entry, dict) or any(f not in entry for f in _KEY_FIELDS):
+            raise FormatError(f"{path}: recordings[{key!r}] lacks some of {list(_KEY_FIELDS)}")
+        for graph in entry["graphs"].values():
+            if graph not in manifest["files"]:
+                raise FormatError(f"{path}: graph {graph} of {key} is not listed in files (no checksum)")
+    return manifest
+
+
+def _verify_files(folder: Path, files: dict[str, Any]) -> None:
+    """Every listed file exists with its size and sha256: a partial or modified artifact is refused."""
+    for name, expected in files.items():
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts or name == MANIFEST:
+            raise FormatError(f"{folder / MANIFEST}: files lists {name!r}; expected names inside the folder")
+        path = folder / relative
+        if not path.is_file():
+            raise FormatError(f"{path}: missing; the manifest lists it (partial or damaged artifact)")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise FormatError(f"{path}: {size} bytes; the manifest says {expected.get('bytes')} (modified?)")
+        if checksum(path) != expected.get("sha256"):
+            raise FormatError(f"{path}: sha256 differs from the manifest's; the file was modified or damaged")
+
+
+def load(path: str | os.PathLike[str], *, threads: int | None = None) -> Artifact:
+    """Open and verify an artifact folder. threads: ONNX Runtime intra-op threads (None: its default)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidInput(f"threads: {threads!r}; expected an integer >= 1 or None")
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    _verify_files(folder, manifest["files"])
+    return Artifact(folder, manifest, threads)
+
+
+class Artifact:
+    """A verified artifact folder: its manifest and, per data key, a twin built on first request."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], threads: int | None = None):
+        self.path = path
+        self.manifest = manifest
+        self.threads = threads
+        self._twins: dict[str, OnnxTwin] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def data_keys(self) -> list[str]:
+        return list(self.manifest["data_keys"])
+
+    def twin(self, data_key: str | None = None) -> OnnxTwin:
+        """The twin of one recording (data_key may be left out when the artifact holds one)."""
+        if data_key is None:
+            if len(self.data_keys) != 1:
+                raise InvalidInput(f"data_key: None; artifact {self.name} holds {self.data_keys}, pick one")
+            data_key = self.data_keys[0]
+        if data_key not in self.data_keys:
+            raise ModelNotFound(f"data_key: {data_key!r}; artifact {self.name} holds {self.data_keys}")
+        with self._lock:
+            if data_key not in self._twins:
+                self._twins[data_key] = OnnxTwin(self, data_key)
+            return self._twins[data_key]
+
+    def __repr__(self) -> str:
+        return (
+            f"Artifact({self.name!r}, version={self.version}, data_keys={self.data_keys}, path={self.path})"
+        )
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    """As float32; values beyond its range become inf, which the callers' finiteness checks refuse."""
+    with np.errstate(over="ignore"):
+        return a.astype(np.float32, copy=False)
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: ORT's notes on unfoldable nodes are not actionable here
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for a graph it cannot load
+        raise FormatError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+
+
+class OnnxTwin:
+    """One recording's twin on ONNX Runtime. Thread-safe: sessions are shared, calls keep no state.
+
+    Inputs are in the recording's raw units (DESIGN.md §1): images (B, H, W) or (B, 1, H, W) at the
+    model's or the recording's resolution, behaviour (B, 3) and pupil centre (B, 2) where the model
+    needs them. Responses are on the recording's response scale.
+    """
+
+    def __init__(self, artifact: Artifact, data_key: str):
+        entry = artifact.manifest["recordings"][data_key]
+        self.data_key = data_key
+        self.artifact = artifact
+        self.entry = entry
+        self.neuron_ids = np.asarray(entry["neuron_ids"], np.int64)
+        self.n_neurons = int(entry["n_neurons"])
+        self.image_size = (int(entry["image_size"][0]), int(entry["image_size"][1]))
+        height, width = entry["recording_image_size"]
+        self.recording_image_size = (int(height), int(width))
+        self.requires = {k: bool(v) for k, v in entry["requires"].items()}
+        self._columns = {int(i): c for c, i in enumerate(self.neuron_ids)}
+        self._responses = _session(artifact.path / entry["graphs"]["responses"], artifact.threads)
+        self._gradient: Any = None
+        self._lock = threading.Lock()
+        inputs = {i.name for i in self._responses.get_inputs()}
+        expected = {"images"} | {name for name, needed in self.requires.items() if needed}
+        if inputs != expected:
+            raise FormatError(
+                f"{artifact.path / entry['graphs']['responses']}: inputs {sorted(inputs)}; "
+                f"the manifest says {sorted(expected)}"
+            )
+        self.members = list(artifact.manifest.get("members", []))
+        self.n_members = int(self._responses.get_outputs()[2].shape[0])
+
+    def info(self) -> dict[str, Any]:
+        """What a caller needs to know: identity, neurons, input sizes, required inputs, units."""
+        return {
+            "name": self.artifact.name,
+            "version": self.artifact.version,
+            "data_key": self.data_key,
+            "n_neurons": self.n_neurons,
+            "neuron_ids": self.neuron_ids.tolist(),
+            "image_size": list(self.image_size),
+            "recording_image_size": list(self.recording_image_size),
+            "requires": dict(self.requires),
+            "members": self.members,
+            "n_members": self.n_members,
+            "image_units": "raw pixel units",
+            "response_units": self.entry.get("response_units", RESPONSE_UNITS),
+        }
+
+    # ----- validation -----
+
+    def _images(self, images: Any) -> tuple[np.ndarray, bool]:
+        """(B, h, w) float32 at the model's resolution, and whether it was resized from the recording's."""
+        a = np.asarray(images)
+        sizes = f"(H, W) = {self.image_size} (model) or {self.recording_image_size} (recording)"
+        if a.dtype.kind not in "iuf":
+            raise InvalidInput(f"images: dtype {a.dtype}; expected real numbers (raw pixel units)")
+        if a.ndim == 4 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.ndim != 3:
+            raise InvalidInput(f"images: shape {a.shape}; expected (B, H, W) or (B, 1, H, W) with {sizes}")
+        if a.shape[0] == 0:
+            raise InvalidInput(f"images: shape {a.shape}, an empty batch; expected at least one image")
+        a = _float32(a)
+        if not np.all(np.isfinite(a)):
+            raise InvalidInput("images: contains NaN or inf (or beyond float32); expected finite values")
+        if a.shape[1:] == self.image_size:
+            return a, False
+        if a.shape[1:] == self.recording_image_size:
+            return resize(a, self.image_size), True
+        raise InvalidInput(f"images: shape {a.shape}; expected {sizes}")
+
+    def _extra(self, name: str, value: Any, batch: int, width: int) -> np.ndarray | None:
+        """behavior (B, 3) / pupil_center (B, 2) as float32; None when the model does not use it."""
+        if value is None:
+            if self.requires.get(name):
+                raise InvalidInput(
+                    f"{name}: None; the twin of {self.data_key} needs ({batch}, {width}) in raw units"
+                )
+            return None
+        a = np.asarray(value)
+        if a.dtype.kind not in "iuf":
+            raise InvalidInput(f"{name}: dtype {a.dtype}; expected real numbers")
+        if a.shape != (batch, width):
+            raise InvalidInput(f"{name}: shape {a.shape}; expected ({batch}, {width}), one row per image")
+        a = _float32(a)
+        if not np.all(np.isfinite(a)):
+            raise InvalidInput(f"{name}: contains NaN or inf; expected finite values")
+        return a if self.requires.get(name) else None
+
+    def _feed(self, images: Any, behavior: Any, pupil_center: Any) -> tuple[dict[str, np.ndarray], bool]:
+        x, resized = self._images(images)
+        feed = {"images": x}
+        for name, value, width in (("behavior", behavior, 3), ("pupil_center", pupil_center, 2)):
+            a = self._extra(name, value, x.shape[0], width)
+            if a is not None:
+                feed[name] = a
+        return feed, resized
+
+    def _neurons(self, neurons: Sequence[int] | np.ndarray | None) -> slice | np.ndarray:
+        if neurons is None:
+            return slice(None)
+        ids = np.asarray(neurons)
+        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+            raise InvalidInput(
+                f"neurons: {ids.dtype} array of shape {ids.shape}; expected a non-empty sequence of ids"
+            )
+        columns = np.empty(ids.size, np.int64)
+        for i, neuron in enumerate(ids.tolist()):
+            if neuron not in self._columns:
+                raise InvalidInput(f"neurons: id {neuron} is not a neuron of recording {self.data_key}")
+            columns[i] = self._columns[neuron]
+        return columns
+
+    # ----- the twin interface -----
+
+    def _run(self, images: Any, behavior: Any, pupil_center: Any) -> list[np.ndarray]:
+        feed, _ = self._feed(images, behavior, pupil_center)
+        return self._responses.run(None, feed)
+
+    def predict(
+        self,
+        images: Any,
+        behavior: Any = None,
+        pupil_center: Any = None,
+        neurons: Sequence[int] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and std across members, each (B, n) float32 (n: all neurons or `neurons` ids)."""
+        columns = self._neurons(neurons)
+        mean, std, _ = self._run(images, behavior, pupil_center)
+        return mean[:, columns], std[:, columns]
+
+    def predict_members(
+        self,
+        images: Any,
+        behavior: Any = None,
+        pupil_center: Any = None,
+        neurons: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Every member's responses, (M, B, n) float32."""
+        columns = self._neurons(neurons)
+        return self._run(images, behavior, pupil_center)[2][:, :, columns]
+
+    def gradient(
+        self, images: Any, weights: Any, behavior: Any = None, pupil_center: Any = None
+    ) -> np.ndarray:
+        """d(sum_n weights[b, n] * mean[b, n]) / d images[b], (B, H, W) at the resolution images came in."""
+        feed, resized = self._feed(images, behavior, pupil_center)
+        batch = feed["images"].shape[0]
+        w = np.asarray(weights)
+        if w.dtype.kind not in "iuf":
+            raise InvalidInput(f"weights: dtype {w.dtype}; expected real numbers")
+        if w.shape != (batch, self.n_neurons):
+            raise InvalidInput(
+                f"weights: shape {w.shape}; expected ({batch}, {self.n_neurons}), one per image and neuron"
+            )
+        w = _float32(w)
+        if not np.all(np.isfinite(w)):
+            raise InvalidInput("weights: contains NaN or inf; expected finite values")
+        feed["weights"] = w
+        (gradient,) = self._gradient_session().run(None, feed)
+        return resize_adjoint(gradient, self.recording_image_size) if resized else gradient
+
+    def _gradient_session(self) -> Any:
+        """Built on first use, with one intra-op thread: ONNX Runtime's multi-threaded ScatterND(add),
+        which the readout's gradient needs, loses updates when indices repeat (TOOLCHAIN.md)."""
+        with self._lock:
+            if self._gradient is None:
+                self._gradient = _session(self.artifact.path / self.entry["graphs"]["gradient"], 1)
+            return self._gradient
+
+    def __repr__(self) -> str:
+        return f"OnnxTwin({self.artifact.name!r}, data_key={self.data_key!r}, neurons={self.n_neurons})"
