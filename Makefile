@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 DEMO_DIR ?= demo-output
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint proto clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
+
+# The gRPC stubs under twin/_proto (committed): protos/generate.py runs
+# `python -m grpc_tools.protoc -Iprotos --python_out --pyi_out --grpc_python_out` and rewrites protoc's
+# absolute imports of our own protos (`from twin.v1 import twin_pb2`) to `twin._proto.twin.v1`. Compiling
+# from -Iprotos keeps the descriptors' file names canonical (twin/v1/twin.proto) for reflection and other
+# clients. tests/serving/test_protos.py fails when the committed stubs are stale.
+proto: $(STAMP)
+	$(BIN)/python protos/generate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,8 +4,16 @@
 packages and are never imported from here.
 """
 
-from twin.errors import FormatError, InvalidInput, ModelNotFound, ModelNotReady, TwinError
+from twin.errors import FormatError, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
 
 __version__ = "0.1.0"
 
-__all__ = ["FormatError", "InvalidInput", "ModelNotFound", "ModelNotReady", "TwinError", "__version__"]
+__all__ = [
+    "FormatError",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "Overloaded",
+    "TwinError",
+    "__version__",
+]

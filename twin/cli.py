@@ -385,6 +385,48 @@ def evaluate(run_dir: Path, data, tier: str, as_json: bool) -> None:
         )
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Artifact folder to write (new or empty)."
+)
+@click.option("--name", default=None, help="Artifact name (default: the model's name).")
+@click.option("--version", type=click.IntRange(min=1), default=1, show_default=True, help="Artifact version.")
+@click.option("--force", is_flag=True, help="Replace --out if it already holds something.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_artifact(
+    run_dir: Path, out: Path, name: str | None, version: int, force: bool, quiet: bool
+) -> None:
+    """Export a trained run as a served artifact: ONNX graphs and a checksummed manifest.
+
+    Per recording, one graph of the selected ensemble (raw images in, mean, std and members out on the
+    recording's response scale) and one of its input gradient. Written atomically.
+    """
+    from training.export import export_run
+
+    path = export_run(run_dir, out, name=name, version=version, force=force, progress=not quiet)
+    manifest = json.loads((path / "manifest.json").read_text())
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    click.echo(
+        f"artifact {manifest['name']} version {manifest['version']}: {len(manifest['members'])} members, "
+        f"data keys {', '.join(manifest['data_keys'])}, {size / 1e6:.1f} MB, written to {path}"
+    )
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--service", default="", help="A service name; the whole server by default.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+def health(address: str, service: str, timeout: float) -> None:
+    """Exit 0 when the gRPC server at ADDRESS (host:port) reports SERVING, else print its status, exit 1."""
+    from serving.health import probe
+
+    status = probe(address, service, timeout)
+    click.echo(status)
+    if status != "SERVING":
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="twin", standalone_mode=True)
 

@@ -4,7 +4,8 @@ TwinError
 ├── InvalidInput      a caller passed a bad argument (shape, dtype, value, unknown name)
 ├── FormatError       a file or folder on disk is not what the SENSORIUM layout expects
 ├── ModelNotFound     an unknown model, version or data key
-└── ModelNotReady     a model exists but cannot answer yet (loading, failed to load)
+├── ModelNotReady     a model exists but cannot answer yet (loading, failed to load)
+└── Overloaded        the server's request queue is full; retry later
 
 Messages name the field (or file), the value seen and what was expected. Each also subclasses the
 closest built-in exception so plain `except ValueError` keeps working for library users.
@@ -12,7 +13,7 @@ closest built-in exception so plain `except ValueError` keeps working for librar
 
 from __future__ import annotations
 
-__all__ = ["FormatError", "InvalidInput", "ModelNotFound", "ModelNotReady", "TwinError"]
+__all__ = ["FormatError", "InvalidInput", "ModelNotFound", "ModelNotReady", "Overloaded", "TwinError"]
 
 
 class TwinError(Exception):
@@ -33,3 +34,7 @@ class ModelNotFound(TwinError, LookupError):
 
 class ModelNotReady(TwinError, RuntimeError):
     """A known model that cannot answer yet (still loading, or its load failed)."""
+
+
+class Overloaded(TwinError, RuntimeError):
+    """Too many requests are waiting (a full queue): the request was refused and may be retried later."""
