@@ -21,7 +21,16 @@ import numpy as np
 from twin.errors import FormatError, InvalidInput, ModelNotFound
 from twin.resize import resize, resize_adjoint
 
-__all__ = ["MANIFEST", "RESPONSE_UNITS", "SCHEMA_VERSION", "Artifact", "OnnxTwin", "checksum", "load"]
+__all__ = [
+    "MANIFEST",
+    "RESPONSE_UNITS",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "OnnxTwin",
+    "checksum",
+    "execution_providers",
+    "load",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -84,23 +93,57 @@ def _verify_files(folder: Path, files: dict[str, Any]) -> None:
             raise FormatError(f"{path}: sha256 differs from the manifest's; the file was modified or damaged")
 
 
-def load(path: str | os.PathLike[str], *, threads: int | None = None) -> Artifact:
-    """Open and verify an artifact folder. threads: ONNX Runtime intra-op threads (None: its default)."""
+def load(
+    path: str | os.PathLike[str], *, threads: int | None = None, providers: Sequence[str] | None = None
+) -> Artifact:
+    """Open and verify an artifact folder.
+
+    threads: ONNX Runtime intra-op threads (None: its default). providers: ONNX Runtime execution
+    providers in order of preference; None takes $TWIN_ORT_PROVIDERS (comma-separated) or else CUDA
+    when this ONNX Runtime build has it (onnxruntime-gpu), then CPU.
+    """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidInput(f"threads: {threads!r}; expected an integer >= 1 or None")
+    chosen = execution_providers(providers)
     folder = Path(path)
     manifest = _read_manifest(folder)
     _verify_files(folder, manifest["files"])
-    return Artifact(folder, manifest, threads)
+    return Artifact(folder, manifest, threads, chosen)
+
+
+def execution_providers(providers: Sequence[str] | None = None) -> list[str]:
+    """The ONNX Runtime providers to run on: `providers` checked against this build, or the default."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None and os.environ.get("TWIN_ORT_PROVIDERS"):
+        providers = [p.strip() for p in os.environ["TWIN_ORT_PROVIDERS"].split(",") if p.strip()]
+    if providers is None:
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if isinstance(providers, str) or not providers:
+        raise InvalidInput(f"providers: {providers!r}; expected a non-empty list of names from {available}")
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise InvalidInput(
+            f"providers: {unknown} are not in this ONNX Runtime build; expected some of {available}"
+        )
+    return list(providers)
 
 
 class Artifact:
     """A verified artifact folder: its manifest and, per data key, a twin built on first request."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], threads: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ):
         self.path = path
         self.manifest = manifest
         self.threads = threads
+        self.providers = list(providers)
         self._twins: dict[str, OnnxTwin] = {}
         self._lock = threading.Lock()
 
@@ -141,7 +184,7 @@ def _float32(a: np.ndarray) -> np.ndarray:
         return a.astype(np.float32, copy=False)
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _session(path: Path, threads: int | None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -149,7 +192,7 @@ def _session(path: Path, threads: int | None) -> Any:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: ORT's notes on unfoldable nodes are not actionable here
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # ORT raises its own exception types for a graph it cannot load
         raise FormatError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
 
@@ -174,7 +217,9 @@ class OnnxTwin:
         self.recording_image_size = (int(height), int(width))
         self.requires = {k: bool(v) for k, v in entry["requires"].items()}
         self._columns = {int(i): c for c, i in enumerate(self.neuron_ids)}
-        self._responses = _session(artifact.path / entry["graphs"]["responses"], artifact.threads)
+        self._responses = _session(
+            artifact.path / entry["graphs"]["responses"], artifact.threads, artifact.providers
+        )
         self._gradient: Any = None
         self._lock = threading.Lock()
         inputs = {i.name for i in self._responses.get_inputs()}
@@ -323,7 +368,9 @@ class OnnxTwin:
         which the readout's gradient needs, loses updates when indices repeat (TOOLCHAIN.md)."""
         with self._lock:
             if self._gradient is None:
-                self._gradient = _session(self.artifact.path / self.entry["graphs"]["gradient"], 1)
+                self._gradient = _session(
+                    self.artifact.path / self.entry["graphs"]["gradient"], 1, self.artifact.providers
+                )
             return self._gradient
 
     def __repr__(self) -> str:

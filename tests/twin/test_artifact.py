@@ -188,3 +188,24 @@ def test_serving_an_artifact_never_imports_torch(tiny_artifact):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "[]"]
+
+
+def test_execution_providers_are_checked_against_this_build(tiny_artifact, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.delenv("TWIN_ORT_PROVIDERS", raising=False)
+    default = artifact.execution_providers()
+    assert default[-1] == "CPUExecutionProvider"
+    assert ("CUDAExecutionProvider" in default) == ("CUDAExecutionProvider" in ort.get_available_providers())
+    assert artifact.load(tiny_artifact, providers=["CPUExecutionProvider"]).providers == [
+        "CPUExecutionProvider"
+    ]
+    for bad in (["NoSuchExecutionProvider"], [], "CPUExecutionProvider"):
+        with pytest.raises(InvalidInput, match="providers"):
+            artifact.load(tiny_artifact, providers=bad)
+    monkeypatch.setenv("TWIN_ORT_PROVIDERS", "NoSuchExecutionProvider")
+    with pytest.raises(InvalidInput, match="NoSuchExecutionProvider"):
+        artifact.load(tiny_artifact)
+    monkeypatch.setenv("TWIN_ORT_PROVIDERS", "CPUExecutionProvider")
+    twin = artifact.load(tiny_artifact).twin(artifact.load(tiny_artifact).data_keys[0])
+    assert twin.predict(np.zeros((1, *twin.image_size), np.float32))[0].shape == (1, twin.n_neurons)
