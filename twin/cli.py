@@ -427,6 +427,117 @@ def health(address: str, service: str, timeout: float) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Model repository: DIR/<model>/<version>/ artifact folders (as `twin export` writes them).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0: a free one."
+)
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=None, help="Also serve HTTP (BentoML) here."
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Prometheus /metrics here.")
+@click.option(
+    "--heldout",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    help="Recording(s) with held-out responses for Evaluate (repeatable).",
+)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--max-queue-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between repository re-scans; 0: only on the Reload RPC.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+def serve(
+    repository: Path,
+    host: str,
+    grpc_port: int,
+    http_port: int | None,
+    metrics_port: int | None,
+    heldout: tuple[Path, ...],
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    max_queue_size: int,
+    poll_interval: float,
+    threads: int | None,
+) -> None:
+    """Serve a model repository over gRPC (twin.v1 and KServe v2) until SIGINT or SIGTERM.
+
+    \b
+    Health checks (grpc.health.v1), reflection, hot reload of new versions, Prometheus metrics.
+      twin serve --repository models/ --grpc-port 8001 --metrics-port 8002
+    """
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from serving.server import start
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http: subprocess.Popen[bytes] | None = None
+    http_failed = False
+    try:
+        running = start(
+            repository,
+            host=host,
+            port=grpc_port,
+            heldout=list(heldout),
+            max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
+            max_queue_size=max_queue_size,
+            poll_interval_s=poll_interval or None,
+            metrics_port=metrics_port,
+            threads=threads,
+        )
+        try:
+            for status in running.repository.models():
+                versions = ", ".join(f"{v.version} {v.state}" for v in status.versions)
+                click.echo(
+                    f"model {status.name}: serving version {status.serving_version} ({versions})", err=True
+                )
+            metrics = "" if running.metrics_port is None else f", metrics on port {running.metrics_port}"
+            click.echo(f"serving gRPC on {running.address}{metrics}", err=True)
+            if http_port is not None:
+                from serving.bento_service import http_command
+
+                argv, env = http_command(repository, port=http_port, host=host, heldout=list(heldout))
+                http = subprocess.Popen(argv, env={**os.environ, **env})
+                click.echo(f"serving HTTP on {host}:{http_port} (pid {http.pid})", err=True)
+            while not stop.wait(0.5):
+                if http is not None and http.poll() is not None:
+                    click.echo(f"error: the HTTP server exited with status {http.returncode}", err=True)
+                    http_failed = True
+                    break
+        finally:
+            click.echo("shutting down", err=True)
+            if http is not None and http.poll() is None:
+                http.terminate()
+                try:
+                    http.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    http.kill()
+                    http.wait()
+            running.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if http_failed:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="twin", standalone_mode=True)
 
