@@ -475,7 +475,8 @@ def serve(
     """Serve a model repository over gRPC (twin.v1 and KServe v2) until SIGINT or SIGTERM.
 
     \b
-    Health checks (grpc.health.v1), reflection, hot reload of new versions, Prometheus metrics.
+    Health checks (grpc.health.v1), reflection, hot reload of new versions, Prometheus metrics;
+    with --http-port, the same over HTTP (BentoML) with the same batching and polling settings.
       twin serve --repository models/ --grpc-port 8001 --metrics-port 8002
     """
     import os
@@ -513,7 +514,17 @@ def serve(
             if http_port is not None:
                 from serving.bento_service import http_command
 
-                argv, env = http_command(repository, port=http_port, host=host, heldout=list(heldout))
+                argv, env = http_command(
+                    repository,
+                    port=http_port,
+                    host=host,
+                    heldout=list(heldout),
+                    poll_interval_s=poll_interval or None,
+                    max_batch_size=max_batch_size,
+                    max_queue_delay_ms=max_queue_delay_ms,
+                    max_queue_size=max_queue_size,
+                    threads=threads,
+                )
                 http = subprocess.Popen(argv, env={**os.environ, **env})
                 click.echo(f"serving HTTP on {host}:{http_port} (pid {http.pid})", err=True)
             while not stop.wait(0.5):
