@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 DEMO_DIR ?= demo-output
 
-.PHONY: venv test demo bench lint proto clean
+.PHONY: venv test demo bench lint proto clean tritonclient
 
 venv: $(STAMP)
 
@@ -19,14 +19,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[train,serve,dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# tritonclient[grpc] pins protobuf<7 while grpcio 1.85 needs protobuf>=7.35 (TOOLCHAIN.md): the KServe tests
+# run the real Triton client from its own venv, against our server, as a subprocess.
+TRITON_VENV := .venv-tritonclient
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+tritonclient: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet "tritonclient[grpc]>=2.50,<3" numpy
+	touch $(TRITON_STAMP)
+
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy twin
-	$(BIN)/python -m pytest -q
+	TWIN_TRITONCLIENT_PYTHON=$(abspath $(TRITON_VENV)/bin/python) $(BIN)/python -m pytest -q
 
+# simulate a mouse, train a small ensemble, export it, serve it, and query it as a client (twin/demo.py)
 demo: $(STAMP)
-	$(BIN)/twin simulate --preset tiny --out $(DEMO_DIR) --seed 0 --force
-	$(BIN)/twin data inspect $(DEMO_DIR)
+	$(BIN)/python -m twin.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py
@@ -45,4 +59,4 @@ lint: $(STAMP)
 	$(BIN)/mypy twin
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

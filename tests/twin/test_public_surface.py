@@ -20,12 +20,25 @@ def test_importing_twin_pulls_in_no_heavy_dependency():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["twin", "twin.data", "twin.metrics", "twin.errors", "twin.data.stimuli"])
+@pytest.mark.parametrize(
+    "module", ["twin", "twin.data", "twin.metrics", "twin.errors", "twin.data.stimuli", "twin.client"]
+)
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, module
     missing = [name for name in mod.__all__ if not hasattr(mod, name)]
     assert not missing
+
+
+def test_load_and_the_client_are_imported_on_first_use():
+    code = (
+        "import sys, twin\n"
+        "before = 'grpc' in sys.modules\n"
+        "from twin import TwinClient, load\n"
+        "print(before, 'grpc' in sys.modules, 'onnxruntime' in sys.modules, TwinClient.__module__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True", "False", "twin.client"]
 
 
 def test_errors_form_one_tree():
