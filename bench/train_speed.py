@@ -7,22 +7,23 @@ optimizer step, same machine, same process. Both sides include their data path i
   step (forward, Poisson loss scaled by sqrt(train / batch), regularizer, backward, Adam step);
 - reference: bench/reference.py, i.e. neuralpredictors 0.3.0's FileTreeDataset + transforms + DataLoader,
   its Stacked2dCore / FullGaussian2d / FiringRateEncoder and sensorium's standard_trainer loop.
-Variants of ours: `ours` (the trainer as is), `ours_cl` (model and images in channels_last memory
-format), `ours_bf16_cl` (also bf16 autocast of the forward pass; meant for CUDA). TrainConfig's
-`channels_last` / `amp` do the same but are refused off CUDA, so the inner step is run here directly,
-the same operations in the same order, on any device; the reference runs as its users run it (NCHW, fp32).
+Variants of ours, as `twin train` runs them: `ours` (the default: model and images in channels_last
+memory format, fp32), `ours_nchw` (`--no-channels-last`), `ours_bf16` (`--amp`: also bf16 autocast of
+the forward pass). The trainer's inner step is run here directly, the same operations in the same order,
+so that steps can be timed one by one; the reference runs as its users run it (NCHW, fp32).
 
 Steps of the variants are interleaved (one step of each per round) so that load from other processes
 falls on all of them alike; warm-up rounds are excluded. One-time setup (reading and preprocessing the
 recordings; building the datasets and the model) is reported apart.
 
 Then "at equal accuracy": on the `tiny` preset, both models train for the same number of epochs (ours
-with training.trainer.train itself; the reference with its loop) and report validation correlation
+with training.trainer.train itself, in fp32 and with bf16 autocast; the reference with its loop) and
+report validation correlation
 (twin.metrics.correlation on both), so a reader can see that neither side is broken. That phase is not
 timed; both models run in channels_last there to keep it short on CPUs (the same arithmetic).
 
 Usage: python bench/train_speed.py [--preset small] [--steps 5] [--warmup 1] [--epochs 5]
-       [--device cpu|cuda] [--variants ours,ours_cl] [--data DIR] [--tiny-data DIR]
+       [--device cpu|cuda] [--variants ours,ours_nchw,ours_bf16] [--data DIR] [--tiny-data DIR]
 Needs the `bench` extra (neuralpredictors 0.3.0, scikit-image). Prints a table and writes
 bench/results/train_speed-<preset>-<N>cpu.json (or -<gpu>.json on CUDA).
 """
@@ -49,7 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script: bench/ and the packages beside
     sys.path.insert(0, str(ROOT))
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("ours", "ours_cl", "ours_bf16_cl")
+VARIANTS = ("ours", "ours_nchw", "ours_bf16")
 
 
 def simulate(preset: str, out: Path) -> Path:
@@ -193,15 +194,15 @@ def speed(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
     runners: dict[str, Iterator] = {}
     for name in args.variants:
         torch.manual_seed(args.seed)
-        model = build_ours(shapes, args.device, channels_last=name != "ours")
+        model = build_ours(shapes, args.device, channels_last=name != "ours_nchw")
         runners[name] = our_steps(
             model,
             data,
             batch_size=args.batch_size,
             lr=0.009,
             device=args.device,
-            channels_last=name != "ours",
-            bf16=name == "ours_bf16_cl",
+            channels_last=name != "ours_nchw",
+            bf16=name == "ours_bf16",
             seed=args.seed,
         )
 
@@ -246,15 +247,22 @@ def accuracy(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
     from training.trainer import TrainConfig, train
 
     data, shapes = load_ours(folders, args.device)
-    torch.manual_seed(args.seed)
-    model = build_ours(shapes, args.device, channels_last=True)
-    config = TrainConfig(
-        batch_size=args.batch_size, max_epochs=args.epochs, seed=args.seed, device=args.device
-    )
-    start = time.perf_counter()
-    outcome = train(model, data, config, work / "ours-run", progress=False)
-    ours_seconds = time.perf_counter() - start
-    ours_history = [round(h["validation_correlation"], 4) for h in outcome.history]
+    ours: dict[str, dict] = {}
+    for name, amp in (("ours", False), ("ours_bf16", True)):
+        torch.manual_seed(args.seed)
+        model = build_ours(shapes, args.device, channels_last=True)
+        config = TrainConfig(
+            batch_size=args.batch_size, max_epochs=args.epochs, seed=args.seed, device=args.device, amp=amp
+        )
+        start = time.perf_counter()
+        outcome = train(model, data, config, work / f"{name}-run", progress=False)
+        ours[name] = {
+            "validation_correlation_per_epoch": [
+                round(h["validation_correlation"], 4) for h in outcome.history
+            ],
+            "best": round(outcome.best_validation_correlation, 4),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
 
     loaders = reference_loaders(
         folders, args.batch_size, cuda=args.device == "cuda", workdir=work / "reference-accuracy"
@@ -275,11 +283,7 @@ def accuracy(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
     return {
         "preset": args.accuracy_preset,
         "epochs": args.epochs,
-        "ours": {
-            "validation_correlation_per_epoch": ours_history,
-            "best": round(outcome.best_validation_correlation, 4),
-            "seconds": round(ours_seconds, 1),
-        },
+        **ours,
         "reference": {
             "validation_correlation_per_epoch": history,
             "best": max(history),
@@ -309,13 +313,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", default=None, help=f"ours' variants, comma-separated, of {VARIANTS}")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of the accuracy check (0: skip it)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the accuracy check (0: skip it)")
     parser.add_argument("--accuracy-preset", default="tiny")
     parser.add_argument("--tiny-data", type=Path, default=None, help="an existing simulation of it")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    default = "ours,ours_cl,ours_bf16_cl" if args.device == "cuda" else "ours,ours_cl"
-    args.variants = (args.variants or default).split(",")
+    args.variants = (args.variants or ",".join(VARIANTS)).split(",")
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
@@ -391,7 +394,7 @@ def print_table(result: dict) -> None:
     checked = result["accuracy"]
     if checked:
         print(f"validation correlation after {checked['epochs']} epochs on preset {checked['preset']}:")
-        for name in ("ours", "reference"):
+        for name in ("ours", "ours_bf16", "reference"):
             side = checked[name]
             print(f"  {name:14} {side['validation_correlation_per_epoch']}  ({side['seconds']} s)")
 
