@@ -35,7 +35,7 @@ $(TRITON_STAMP):
 
 test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy twin
+	$(BIN)/mypy twin serving
 	TWIN_TRITONCLIENT_PYTHON=$(abspath $(TRITON_VENV)/bin/python) $(BIN)/python -m pytest -q
 
 # simulate a mouse, train a small ensemble, export it, serve it, and query it as a client (twin/demo.py)
@@ -56,7 +56,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy twin
+	$(BIN)/mypy twin serving
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
