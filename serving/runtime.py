@@ -75,12 +75,20 @@ class Gradient:
 def _run_batch(key: Any, inputs: tuple[np.ndarray | None, ...]) -> Sequence[np.ndarray]:
     """One model call for a whole batch (in a worker thread). Outputs have the batch first."""
     assert isinstance(key, BatchKey)
+    # The inputs were checked (OnnxTwin.check_inputs, Runtime._weights) before they were queued.
     if key.kind == PREDICT:
         images, behavior, pupil_center = inputs
-        mean, std, members = key.twin._run(images, behavior, pupil_center)
+        mean, std, members = key.twin.run(_feed(images, behavior, pupil_center))
         return mean, std, np.ascontiguousarray(np.swapaxes(members, 0, 1))  # (B, M, N)
     images, weights, behavior, pupil_center = inputs
-    return (key.twin.gradient(images, weights, behavior, pupil_center),)
+    assert weights is not None
+    return (key.twin.run_gradient({**_feed(images, behavior, pupil_center), "weights": weights}),)
+
+
+def _feed(images: Any, behavior: np.ndarray | None, pupil_center: np.ndarray | None) -> dict[str, Any]:
+    """A graph feed from batched, checked inputs (behaviour, pupil centre only where the model uses them)."""
+    named = {"images": images, "behavior": behavior, "pupil_center": pupil_center}
+    return {name: value for name, value in named.items() if value is not None}
 
 
 def _columns(twin: OnnxTwin, ids: Sequence[int], field: str = "neuron_ids") -> np.ndarray | None:
@@ -178,7 +186,7 @@ class Runtime:
                 f"images: a batch of {rows}; this server takes at most {self.max_batch_size} images per "
                 "request (max_batch_size), send larger sets in chunks"
             )
-        return twin._feed(images, behavior, pupil_center)
+        return twin.check_inputs(images, behavior, pupil_center)
 
     # -----------------------------------------------------------------------------------------------
     # Calls

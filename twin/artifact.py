@@ -290,7 +290,11 @@ class OnnxTwin:
             raise InvalidInput(f"{name}: contains NaN or inf; expected finite values")
         return a if self.requires.get(name) else None
 
-    def _feed(self, images: Any, behavior: Any, pupil_center: Any) -> tuple[dict[str, np.ndarray], bool]:
+    def check_inputs(
+        self, images: Any, behavior: Any = None, pupil_center: Any = None
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """The checked inputs as the graphs' feed (images at the model's resolution, float32; behaviour
+        and pupil centre only where the model uses them), and whether the images were resized."""
         x, resized = self._images(images)
         feed = {"images": x}
         for name, value, width in (("behavior", behavior, 3), ("pupil_center", pupil_center, 2)):
@@ -316,9 +320,18 @@ class OnnxTwin:
 
     # ----- the twin interface -----
 
-    def _run(self, images: Any, behavior: Any, pupil_center: Any) -> list[np.ndarray]:
-        feed, _ = self._feed(images, behavior, pupil_center)
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The response graph on a feed from `check_inputs`: [mean (B, N), std (B, N), members (M, B, N)]."""
         return self._responses.run(None, feed)
+
+    def run_gradient(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The gradient graph on a feed from `check_inputs` plus checked (B, N) float32 `weights`:
+        (B, H, W) at the model's resolution."""
+        (gradient,) = self._gradient_session().run(None, feed)
+        return gradient
+
+    def _run(self, images: Any, behavior: Any, pupil_center: Any) -> list[np.ndarray]:
+        return self.run(self.check_inputs(images, behavior, pupil_center)[0])
 
     def predict(
         self,
@@ -347,7 +360,7 @@ class OnnxTwin:
         self, images: Any, weights: Any, behavior: Any = None, pupil_center: Any = None
     ) -> np.ndarray:
         """d(sum_n weights[b, n] * mean[b, n]) / d images[b], (B, H, W) at the resolution images came in."""
-        feed, resized = self._feed(images, behavior, pupil_center)
+        feed, resized = self.check_inputs(images, behavior, pupil_center)
         batch = feed["images"].shape[0]
         w = np.asarray(weights)
         if w.dtype.kind not in "iuf":
@@ -359,8 +372,7 @@ class OnnxTwin:
         w = _float32(w)
         if not np.all(np.isfinite(w)):
             raise InvalidInput("weights: contains NaN or inf; expected finite values")
-        feed["weights"] = w
-        (gradient,) = self._gradient_session().run(None, feed)
+        gradient = self.run_gradient({**feed, "weights": w})
         return resize_adjoint(gradient, self.recording_image_size) if resized else gradient
 
     def _gradient_session(self) -> Any:
