@@ -4,6 +4,8 @@ One cache entry per recording location, under `$TWIN_CACHE_DIR` (default `$XDG_C
 `~/.cache/twin`). An entry records the source's fingerprint and is rebuilt when the folder or zip
 changes. Entries are built in a temporary folder and renamed into place, so a killed build leaves
 nothing half-written and concurrent readers (e.g. several training processes) never see a partial one.
+Builders of one entry take turns (an advisory file lock beside it): the first builds, the others wait and
+open what it published instead of reading every file again.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CACHE_VERSION", "cache_root", "entry_dir", "open_entry", "publish_entry"]
+__all__ = ["CACHE_VERSION", "build_lock", "cache_root", "entry_dir", "open_entry", "publish_entry"]
 
 CACHE_VERSION = 1
 
@@ -48,6 +51,24 @@ def open_entry(folder: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
         return None
 
 
+@contextlib.contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Hold the lock on building `folder`'s entry (released when the holder exits, even killed)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: concurrent builders each build; publishing stays atomic
+        yield
+        return
+    locks = folder.parent.parent / "locks"  # beside recordings/, which holds entries only
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def new_entry_dir(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -57,6 +78,9 @@ def publish_entry(tmp: Path, folder: Path, fingerprint: str, arrays: list[str]) 
     """Mark `tmp` complete and move it to `folder`, replacing a stale entry."""
     meta = {"version": CACHE_VERSION, "fingerprint": fingerprint, "arrays": arrays}
     (tmp / "entry.json").write_text(json.dumps(meta))
+    if open_entry(folder, fingerprint) is not None:  # a valid entry of the same files: keep it
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if folder.exists():
         stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".stale", dir=folder.parent))
         with contextlib.suppress(OSError):  # another process replaced it first

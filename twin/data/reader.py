@@ -127,7 +127,13 @@ def _trial_arrays(source: Source, n_trials: int, use_cache: bool, progress: bool
     if arrays is None:
         for variable in present:
             trial_file_indices(source, variable, n_trials)
-        arrays = _build(source, present, n_trials, folder, fingerprint, progress)
+        if folder is None:
+            arrays = _build(source, present, n_trials, None, fingerprint, progress)
+        else:
+            with cache.build_lock(folder):  # another process may be building it: wait, then open theirs
+                arrays = cache.open_entry(folder, fingerprint)
+                if arrays is None:
+                    arrays = _build(source, present, n_trials, folder, fingerprint, progress)
     for variable, (shape, _, _) in _TRIAL_VARIABLES.items():
         if variable not in arrays:
             arrays[variable] = np.zeros((n_trials, *(shape or ())), np.float32)
