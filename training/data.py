@@ -9,6 +9,7 @@ standardized responses. Everything is read once; a training step never touches t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -155,9 +156,9 @@ class RecordingTensors:
         return idx
 
     def to(self, device: torch.device | str) -> RecordingTensors:
-        for name in ("images", "responses", "behavior", "pupil_center"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+        """A copy with the tensors on `device` (like torch's .to, this one is left as it is)."""
+        tensors = ("images", "responses", "behavior", "pupil_center")
+        return dataclasses.replace(self, **{name: getattr(self, name).to(device) for name in tensors})
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         rows = torch.as_tensor(idx, device=self.images.device)
