@@ -7,17 +7,23 @@
 
 Every process loads the data, trains members rank, rank + world, ... into the shared run directory
 (on a file system every node sees), and waits at a barrier; rank 0 then selects and scores the ensemble.
-CPU processes use gloo and split the cores; GPU processes use NCCL, one GPU per local rank.
+CPU processes use gloo and split the cores. GPU processes spread over the node's GPUs round robin: NCCL
+with one GPU per rank, gloo when ranks share a GPU (more members than GPUs: small models leave one idle).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
+import subprocess
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["init_from_env", "is_rank_zero", "shutdown"]
+from twin.errors import InvalidInput
+
+__all__ = ["gpu_placement", "init_from_env", "is_rank_zero", "run_launcher", "shutdown"]
 
 
 def init_from_env(device: str) -> str:
@@ -26,17 +32,33 @@ def init_from_env(device: str) -> str:
     if world <= 1 or torch.distributed.is_initialized():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     if device.startswith("cuda"):
-        device = f"cuda:{local_rank}" if device == "cuda" else device
+        device, backend = gpu_placement(device, local_rank, local_world, torch.cuda.device_count())
         torch.cuda.set_device(device)
-        backend = "nccl"
     else:
         backend = "gloo"
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     # Members can train for hours; the barrier after them must not time out.
     torch.distributed.init_process_group(backend, timeout=dt.timedelta(hours=48))
     return device
+
+
+def gpu_placement(device: str, local_rank: int, local_world: int, gpus: int) -> tuple[str, str]:
+    """(this rank's device, process-group backend) for `device` ('cuda' or 'cuda:<i>') on a node.
+
+    `cuda` spreads the node's ranks over its GPUs round robin, so that more members than GPUs train
+    at once (small models leave a large GPU mostly idle). NCCL needs one GPU per rank; when ranks share
+    a GPU the group uses gloo, which is enough: ranks only meet at the barrier after training.
+    """
+    if gpus < 1:
+        raise InvalidInput(f"device: {device!r}, but no CUDA device is visible to torch")
+    if device == "cuda":
+        device = f"cuda:{local_rank % gpus}"
+        shared = local_world > gpus
+    else:
+        shared = local_world > 1  # every rank on the one GPU named
+    return device, "gloo" if shared else "nccl"
 
 
 def is_rank_zero() -> bool:
@@ -46,3 +68,24 @@ def is_rank_zero() -> bool:
 def shutdown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def run_launcher(args: Sequence[str]) -> int:
+    """Run a launcher (torchrun) to its end; SIGINT and SIGTERM sent to this process are passed on.
+
+    torchrun starts its workers in sessions of their own and stops them when it is signalled; killed
+    outright (as subprocess.call does on an interrupt) it would leave them training. So the launcher
+    runs in its own session too (a terminal's Ctrl-C reaches it once, through us), every signal is
+    forwarded, and we wait for it to finish stopping its workers. Returns its exit status.
+    """
+    process = subprocess.Popen(list(args), start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -308,7 +308,7 @@ def train(
 
 def _launch(nproc: int, **options) -> None:
     """Run `python -m training` under torchrun on this machine, one process per member slot."""
-    import subprocess
+    from training.distributed import run_launcher
 
     args = [
         sys.executable,
@@ -333,7 +333,7 @@ def _launch(nproc: int, **options) -> None:
         else:
             args += [flag, str(value)]
     args.append("--quiet")
-    code = subprocess.call(args)
+    code = run_launcher(args)
     if code != 0:
         raise TwinError(f"training processes failed (exit status {code}); see the messages above")
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from training.data import RecordingTensors, batches
+from training.distributed import gpu_placement
 from training.ensemble import greedy_select, mean_and_spread
 from training.models import get_config
 from training.run import evaluate, load_members, load_tensors, member_data, train_run
@@ -219,6 +220,65 @@ def test_an_ensemble_in_two_processes(tiny_paths, small_cnn, tmp_path):
     scores = evaluate(run, [tiny_paths["90002-1-1"]], "test")["90002-1-1"]
     assert scores["members"] == len(summary["selected"])
     assert (scores["mean_member_std"] > 0) == (len(summary["selected"]) > 1)
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and text in (entry / "cmdline").read_bytes().decode(errors="replace")
+                and not (entry / "stat").read_text().split(") ")[-1].startswith("Z")  # not a zombie
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_a_parallel_training_run_stops_its_workers(tiny_paths, small_cnn, tmp_path, sig):
+    """torchrun's workers run in their own sessions: `twin train --nproc` passes the signal on and waits."""
+    run = tmp_path / "stopped"
+    args = [sys.executable, "-m", "twin.cli", "train", "--data", str(tiny_paths["90002-1-1"])]
+    args += ["--model", str(small_cnn), "--members", "2", "--nproc", "2", "--epochs", "200"]
+    args += ["--batch-size", "64", "--out", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    logs = [run / "members" / f"member-{i}" / "log.jsonl" for i in range(2)]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and log.read_text().strip() for log in logs):  # both workers training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    workers = [pid for pid in _processes_naming(str(run)) if pid != proc.pid]
+    assert len(workers) >= 2  # the launcher and its two workers
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0  # stopped, not finished
+    deadline = time.monotonic() + 60
+    while _processes_naming(str(run)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(run)) == []
+    # What was written stays: each member's checkpoints and log, so --resume can continue.
+    assert all(log.read_text().strip() for log in logs)
+
+
+def test_ranks_spread_over_the_gpus_and_share_them_through_gloo():
+    # One GPU per rank: NCCL; more ranks than GPUs (5 members on one GPU): round robin, gloo barrier.
+    assert gpu_placement("cuda", 1, 2, 2) == ("cuda:1", "nccl")
+    assert [gpu_placement("cuda", r, 5, 2) for r in range(5)] == [
+        ("cuda:0", "gloo"),
+        ("cuda:1", "gloo"),
+        ("cuda:0", "gloo"),
+        ("cuda:1", "gloo"),
+        ("cuda:0", "gloo"),
+    ]
+    assert gpu_placement("cuda:1", 0, 1, 4) == ("cuda:1", "nccl")
+    assert gpu_placement("cuda:1", 3, 4, 4) == ("cuda:1", "gloo")  # every rank on the GPU named
+    with pytest.raises(InvalidInput, match="no CUDA device"):
+        gpu_placement("cuda", 0, 2, 0)
 
 
 def test_members_of_an_ensemble_keep_the_validation_tier_for_selection(tiny_paths):
