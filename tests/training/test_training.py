@@ -57,6 +57,15 @@ def test_preprocessing_follows_the_reference(tiny_paths):
     assert tuple(d.images.shape[-2:]) == (36, 64)
 
 
+def test_moving_recording_tensors_leaves_the_original_where_it_was(tiny_paths):
+    # train_run moves each member's data to the training device, then scores on the CPU copy.
+    d = RecordingTensors.from_recording(load_recording(tiny_paths["90002-1-1"], progress=False))
+    moved = d.to("meta")  # a device every machine has
+    assert moved is not d and moved.images.device.type == "meta" and moved.responses.device.type == "meta"
+    assert {t.device.type for t in (d.images, d.responses, d.behavior, d.pupil_center)} == {"cpu"}
+    assert moved.data_key == d.data_key and moved.tiers is d.tiers
+
+
 def test_one_batch_per_recording_per_step(tiny_paths):
     data = load_tensors(list(tiny_paths.values()))
     steps = list(batches(data, "train", 100, np.random.default_rng(0)))
