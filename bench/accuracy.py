@@ -11,21 +11,36 @@ channels and shifter). Held-out test responses are read from the simulation's he
 recording, when the preset has more than one such recording (the winners' recipe); `--ablation` adds
 rows that switch off one ingredient of `twin` / `twin_behavior` at a time (single models).
 
-    python bench/accuracy.py --device cuda --amp      # small preset: the GPU job (one H100/H200)
+    python bench/accuracy.py --device cuda --amp --jobs 4    # small preset: the GPU job (one H100/H200)
     python bench/accuracy.py --quick                  # tiny preset, 16-channel models: CPU pipeline check
     python bench/accuracy.py --quick --ablation       # ... with the ablation rows
+    python bench/accuracy.py --device cuda --amp --rows cnn,reference --tracks sensorium+   # a part
 
-Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json.
+`--jobs N` trains the table's cells in N processes at once, and the members of an ensemble in parallel
+processes (`twin train --nproc`). Cells are independent (each trains its own models from the same
+seed), so the table is the same as with `--jobs 1` up to the nondeterminism of GPU kernels. On one GPU
+the processes time-share it: on an H200 a cell took 4-5x as long with 10 jobs as with 3, so a few jobs
+fill the gaps between one process's kernel launches and more buy little. A cell that fails is reported
+as failed and the others go on.
+
+Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json (or --out), rewritten
+after every finished cell ("complete": false until the last), so a run cut short keeps what it trained.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,8 +56,17 @@ from training.trainer import TrainConfig
 from twin import metrics
 from twin.data import simulate
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 TRACKS = {"sensorium": "image_only", "sensorium+": "behavior"}
+# --rows keys -> the start of the row names they select
+ROWS = {
+    "ln": "LN",
+    "cnn": "CNN (ours)",
+    "twin": "twin (1 model)",
+    "ensemble": "twin ensemble",
+    "reference": "CNN (reference)",
+}
 
 
 def _recordings(data: Path) -> dict[str, dict]:
@@ -71,21 +95,89 @@ def run_ours(
     config: TrainConfig,
     work: Path,
     pretrain: list[Path] | None = None,
+    nproc: int = 1,
 ) -> dict:
-    """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier."""
+    """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier.
+
+    nproc > 1: the members train in that many processes at once (`twin train --nproc`)."""
     started = time.perf_counter()
     run = work / name
     init_from = None
     if pretrain:
         init_from = work / f"{name}-pretrained"
-        train_run(pretrain, model, init_from, members=members, config=config, progress=False)
-    train_run(paths, model, run, members=members, config=config, progress=False, init_from=init_from)
+        train_members(pretrain, model, init_from, members, config, None, nproc)
+    train_members(paths, model, run, members, config, init_from, nproc)
     scores = evaluate(run, [target], "test")
+    trained = [json.loads(f.read_text()) for f in sorted((run / "members").glob("member-*/training.json"))]
     return {
         **_scores(next(iter(scores.values()))),
+        "epochs": [t["epochs"] for t in trained],
         "pretrained_on": len(pretrain or []),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+# TrainConfig fields that `twin train` does not take: they must keep their defaults to train through it.
+_CLI_FIXED = ("patience", "lr_decay_factor", "lr_decay_steps", "min_lr", "tolerance", "scale_loss")
+
+
+def train_members(
+    paths: list[Path],
+    model: ModelConfig,
+    out: Path,
+    members: int,
+    config: TrainConfig,
+    init_from: Path | None,
+    nproc: int,
+) -> None:
+    """training.run.train_run, in this process, or through `twin train --nproc` when nproc > 1."""
+    if nproc <= 1 or members <= 1:
+        train_run(paths, model, out, members=members, config=config, progress=False, init_from=init_from)
+        return
+    default = TrainConfig()
+    changed = [f for f in _CLI_FIXED if getattr(config, f) != getattr(default, f)]
+    if changed:
+        raise ValueError(f"train config: {changed} differ from their defaults; `twin train` cannot set them")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = out.parent / f"{out.name}-model.json"
+    spec.write_text(json.dumps(model.to_dict()))
+    args = [sys.executable, "-m", "twin.cli", "train", "--model", str(spec), "--out", str(out)]
+    for path in paths:
+        args += ["--data", str(path)]
+    args += ["--members", str(members), "--nproc", str(min(nproc, members))]
+    args += [
+        "--epochs",
+        str(config.max_epochs),
+        "--batch-size",
+        str(config.batch_size),
+        "--lr",
+        str(config.lr),
+    ]
+    args += ["--correlation-weight", str(config.correlation_weight), "--seed", str(config.seed)]
+    args += ["--device", config.device, "--amp" if config.amp else "--no-amp"]
+    args += ["--channels-last" if config.channels_last else "--no-channels-last", "--quiet"]
+    if init_from is not None:
+        args += ["--init-from", str(init_from)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    # Its own session: stopped (this process interrupted), it is told once and passes it on to torchrun,
+    # which stops its workers; killed outright, they would train on.
+    process = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate()
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"twin train failed ({process.returncode}): {stderr[-2000:]}")
 
 
 def run_reference(
@@ -166,7 +258,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 128; 32 with --quick")
     parser.add_argument("--ablation", action="store_true", help="add rows without one twin ingredient each")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {','.join(ROWS)}")
+    parser.add_argument("--tracks", default=",".join(TRACKS), help="tracks to train (default both)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in processes (default 1)")
+    parser.add_argument("--out", type=Path, default=None, help="the result file (default bench/results/...)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs: {args.jobs}; expected >= 1")
     preset = args.preset or ("tiny" if args.quick else "small")
     members = args.members or (3 if args.quick else 5)
     epochs = args.epochs or (40 if args.quick else 200)
@@ -226,27 +324,44 @@ def main() -> None:
                 )
                 for track, (model, weight, pre) in tracks.items()
             }
-    table: dict[str, dict] = {}
-    for i, (row, tracks) in enumerate(plan.items()):
-        table[row] = {}
-        for track, (model, paths, cfg, n, pre) in tracks.items():
-            table[row][track] = run_ours(
-                f"{i}-{track}", model, paths, target[track], n, cfg, work / track, pre
-            )
-            print(f"{row:<24} {track:<11} {table[row][track]}", flush=True)
+    chosen_rows = set(args.rows.split(","))
+    tracks = set(args.tracks.split(","))
+    for option, chosen, known in (("--rows", chosen_rows, ROWS), ("--tracks", tracks, TRACKS)):
+        if chosen - set(known):
+            parser.error(f"{option}: unknown {sorted(chosen - set(known))}; expected some of {list(known)}")
+    plan = {
+        row: {t: cell for t, cell in cells.items() if t in tracks}
+        for row, cells in plan.items()
+        if not any(row.startswith(ROWS[key]) for key in set(ROWS) - chosen_rows)
+    }
+    plan = {row: cells for row, cells in plan.items() if cells}
+    if "reference" not in chosen_rows:
+        args.skip_reference = True
+    table: dict[str, dict] = {row: {} for row in plan}
     if not args.skip_reference:
-        table["CNN (reference)"] = {
-            "sensorium": run_reference(every, target["sensorium"], False, config, width, work),
-            "sensorium+": run_reference(
-                [target["sensorium+"]], target["sensorium+"], True, config, width, work
-            ),
-        }
-        print(f"{'CNN (reference)':<24} {table['CNN (reference)']}", flush=True)
+        table["CNN (reference)"] = {}
     table["oracle"] = {
         "sensorium": {**roles["image_only"]["ceilings"]["test"]["image_only"]},
         "sensorium+": {**roles["behavior"]["ceilings"]["test"]["with_behavior"]},
     }
-    _print(table)
+    # (row, track, function, keyword arguments): the reference and the ensembles first (the longest).
+    cells: list[tuple[str, str, object, dict]] = []
+    if not args.skip_reference:
+        for track, paths in (("sensorium", every), ("sensorium+", [target["sensorium+"]])):
+            if track not in tracks:
+                continue
+            kwargs = {"paths": paths, "target": target[track], "behavior": track == "sensorium+"}
+            kwargs |= {"config": config, "width": width, "work": work / f"reference-{track}"}
+            cells.append(("CNN (reference)", track, run_reference, kwargs))
+    rows = sorted(plan, key=lambda row: -max(t[3] for t in plan[row].values()))
+    for row in rows:
+        for track, (model, paths, cfg, n, pre) in plan[row].items():
+            name = f"{list(plan).index(row)}-{track}"
+            kwargs = {"name": name, "model": model, "paths": paths, "target": target[track]}
+            kwargs |= {"members": n, "config": cfg, "work": work / track, "pretrain": pre}
+            kwargs["nproc"] = n if args.jobs > 1 else 1
+            cells.append((row, track, run_ours, kwargs))
+
     result = {
         "benchmark": "accuracy",
         "preset": preset,
@@ -257,15 +372,118 @@ def main() -> None:
         "batch_size": batch_size,
         "device": args.device,
         "amp": args.amp,
-        "machine": machine(),
+        "jobs": args.jobs,
+        "rows": sorted(chosen_rows),
+        "tracks": sorted(tracks),
+        "machine": {**machine(), **_device_info(args.device)},
         "date": time.strftime("%Y-%m-%d"),
+        "complete": False,
         "table": table,
     }
-    RESULTS.mkdir(exist_ok=True)
     tag = "quick" if args.quick else preset
-    path = RESULTS / f"accuracy-{tag}-{args.device.split(':')[0]}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    if chosen_rows != set(ROWS) or tracks != set(TRACKS):  # a part of the table: not the whole's file
+        tag += (
+            "-"
+            + "-".join(t.replace("+", "_plus") for t in sorted(tracks))
+            + "-"
+            + "_".join(sorted(chosen_rows))
+        )
+    path = args.out or RESULTS / f"accuracy-{tag}-{args.device.split(':')[0]}.json"
+    started = time.perf_counter()
+    _write(path, result)  # the plan and the oracle, before any cell
+
+    def record(row: str, track: str, outcome: dict) -> None:
+        table[row][track] = outcome
+        print(f"{row:<24} {track:<11} {outcome}", flush=True)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        _write(path, result)
+
+    if args.jobs <= 1:
+        for row, track, function, kwargs in cells:
+            record(row, track, _cell(function, kwargs))
+    else:
+        load_tensors(every)  # builds the recordings' cache once, before the workers read it
+        for row, track, outcome in _in_processes(cells, args.jobs, work / "cells"):
+            record(row, track, outcome)
+    result["complete"] = True
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    _print(table)
+    _write(path, result)
     print(f"wrote {path}")
+
+
+def _cell(function, kwargs: dict) -> dict:
+    """One cell of the table; a failure becomes {"error": ...} so that the other cells go on."""
+    try:
+        return function(**kwargs)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+
+
+def _in_processes(cells: list, jobs: int, folder: Path) -> Iterator[tuple[str, str, dict]]:
+    """Each cell in a process of its own, `jobs` at a time; yields (row, track, outcome) as they end.
+
+    Interrupted, the running cells are stopped (SIGTERM; each stops its own `twin train` children)
+    and waited for, so that nothing keeps training after us.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    spawn = multiprocessing.get_context("spawn")  # CUDA does not survive fork
+    pending = list(enumerate(cells))
+    running: dict = {}  # process -> (row, track, outcome file)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, (row, track, function, kwargs) = pending.pop(0)
+                out = folder / f"{i}.json"
+                process = spawn.Process(target=_cell_process, args=(function, kwargs, threads, out))
+                process.start()
+                running[process] = (row, track, out)
+            multiprocessing.connection.wait([p.sentinel for p in running])
+            for process in [p for p in running if not p.is_alive()]:
+                process.join()
+                row, track, out = running.pop(process)
+                if out.is_file():
+                    yield row, track, json.loads(out.read_text())
+                else:
+                    yield row, track, {"error": f"the cell's process exited with status {process.exitcode}"}
+    finally:
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.join(timeout=90)
+            if process.is_alive():
+                process.kill()
+
+
+def _cell_process(function, kwargs: dict, threads: int, out: Path) -> None:
+    import torch
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through train_members, which stops its children
+
+    signal.signal(signal.SIGTERM, stop)
+    torch.set_num_threads(threads)
+    np.seterr(all="ignore")
+    _write(out, _cell(function, kwargs))
+
+
+def _device_info(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "torch": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _write(path: Path, result: dict) -> None:
+    """Atomically: a run killed while writing keeps the previous version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _print(table: dict) -> None:
@@ -276,8 +494,8 @@ def _print(table: dict) -> None:
         cells = []
         for track in TRACKS:
             s = tracks.get(track)
-            if s is None:
-                cells.append(f" | {'-':^26}")
+            if s is None or "error" in s:
+                cells.append(f" | {'-' if s is None else 'failed':^26}")
                 continue
             feve = "-" if s.get("feve") is None else f"{s['feve']:.3f}"
             cells.append(

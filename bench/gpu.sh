@@ -5,40 +5,72 @@
 #
 #   PYTHON=/path/to/python bench/gpu.sh          # an environment with a CUDA build of torch (2.4-2.13)
 #
-# The project's other dependencies are installed into that environment (torch is left as it is).
-# Each step's log goes to bench/results/logs/; a failing step does not stop the next ones.
+# Settings (environment):
+#   INSTALL=0        the environment already has the project's dependencies (default: pip install them;
+#                    torch is left as it is)
+#   STEPS="..."      which of train_speed accuracy serving to run (default: all three)
+#   RESULTS=DIR      where results and logs go (default bench/results)
+#   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
+#   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
+#                    cells finished by then
+# The `small` preset is simulated once and shared by the steps. Each step's log goes to RESULTS/logs/;
+# a failing step does not stop the next ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-LOGS=bench/results/logs
+RESULTS=${RESULTS:-bench/results}
+STEPS=${STEPS:-train_speed accuracy serving}
+JOBS=${JOBS:-4}
+LOGS=$RESULTS/logs
 mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1
 
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible to torch')" || exit 1
-"$PYTHON" -m pip install --quiet -e ".[train,serve,bench]" || exit 1
+if [[ ${INSTALL:-1} != 0 ]]; then
+    "$PYTHON" -m pip install --quiet -e ".[train,serve,bench]" || exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
+gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
 
 status=0
-run() {  # run NAME COMMAND...: log to $LOGS/NAME.log, remember a failure, go on
+run() {  # run NAME COMMAND...: log to $LOGS/NAME.log, stop it after LIMIT_<NAME> s, remember a failure, go on
     local name=$1; shift
+    local limit_var="LIMIT_${name^^}"
+    local limit=${!limit_var:-0}
     echo "== $name: $*"
     local start=$SECONDS
-    if "$@" > "$LOGS/$name.log" 2>&1; then
+    if timeout --signal=INT --kill-after=120 "$limit" "$@" > "$LOGS/$name.log" 2>&1; then
         echo "   ok in $((SECONDS - start)) s"
     else
-        echo "   FAILED after $((SECONDS - start)) s (see $LOGS/$name.log)"; status=1
+        echo "   FAILED or stopped after $((SECONDS - start)) s (see $LOGS/$name.log)"; status=1
     fi
     tail -n 25 "$LOGS/$name.log"
 }
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
-# 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
-run train_speed "$PYTHON" bench/train_speed.py --device cuda --steps 20 --warmup 3
-# 2. The model table on `small` (both tracks, 5-member ensembles, reference CNN), bf16 autocast.
-run accuracy "$PYTHON" bench/accuracy.py --device cuda --amp
-# 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
-if "$PYTHON" -m pip install --quiet "onnxruntime-gpu>=1.20,<2" 2>/dev/null; then
-    "$PYTHON" -m pip uninstall --quiet --yes onnxruntime || true
-    "$PYTHON" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.20,<2"
+data=$(mktemp -d)/small
+trap 'rm -rf "$(dirname "$data")"' EXIT
+if wants train_speed || wants accuracy; then
+    run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
-"$PYTHON" -c "import onnxruntime as o; print('onnxruntime providers:', o.get_available_providers())" | tee "$LOGS/ort.txt"
-run serving "$PYTHON" bench/serving.py
+# 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
+if wants train_speed; then
+    run train_speed "$PYTHON" bench/train_speed.py --device cuda --steps 20 --warmup 3 --data "$data" \
+        --out "$RESULTS/train_speed-small-$gpu.json"
+fi
+# 2. The model table on `small` (both tracks, 5-member ensembles, reference CNN), bf16 autocast.
+if wants accuracy; then
+    run accuracy "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --data "$data" \
+        --out "$RESULTS/accuracy-small-$gpu.json"
+fi
+# 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
+if wants serving; then
+    if [[ ${INSTALL:-1} != 0 ]] && "$PYTHON" -m pip install --quiet "onnxruntime-gpu>=1.20,<2" 2>/dev/null; then
+        "$PYTHON" -m pip uninstall --quiet --yes onnxruntime || true
+        "$PYTHON" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.20,<2"
+    fi
+    "$PYTHON" -c "import onnxruntime as o; print('onnxruntime providers:', o.get_available_providers())" \
+        | tee "$LOGS/ort.txt"
+    run serving "$PYTHON" bench/serving.py --out "$RESULTS/serving-$gpu.json"
+fi
 exit $status

@@ -23,7 +23,7 @@ report validation correlation
 timed; both models run in channels_last there to keep it short on CPUs (the same arithmetic).
 
 Usage: python bench/train_speed.py [--preset small] [--steps 5] [--warmup 1] [--epochs 5]
-       [--device cpu|cuda] [--variants ours,ours_nchw,ours_bf16] [--data DIR] [--tiny-data DIR]
+       [--device cpu|cuda] [--variants ours,ours_nchw,ours_bf16] [--data DIR] [--tiny-data DIR] [--out FILE]
 Needs the `bench` extra (neuralpredictors 0.3.0, scikit-image). Prints a table and writes
 bench/results/train_speed-<preset>-<N>cpu.json (or -<gpu>.json on CUDA).
 """
@@ -317,6 +317,7 @@ def main() -> None:
     parser.add_argument("--accuracy-preset", default="tiny")
     parser.add_argument("--tiny-data", type=Path, default=None, help="an existing simulation of it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="the result file (default bench/results/...)")
     args = parser.parse_args()
     args.variants = (args.variants or ",".join(VARIANTS)).split(",")
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -361,9 +362,9 @@ def main() -> None:
         "accuracy": checked,
     }
     print_table(result)
-    RESULTS.mkdir(exist_ok=True)
     tag = f"{os.cpu_count()}cpu" if args.device == "cpu" else result["machine"]["gpu"].replace(" ", "_")
-    path = RESULTS / f"train_speed-{args.preset}-{tag}.json"
+    path = args.out or RESULTS / f"train_speed-{args.preset}-{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
 
