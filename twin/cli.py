@@ -15,7 +15,8 @@ __all__ = ["main"]
 
 
 class _Group(click.Group):
-    """Turns TwinError into a one-line message and exit status 2 (click's own usage errors also exit 2)."""
+    """Turns TwinError into a one-line message and exit status 2 (click's own usage errors also exit 2),
+    and a file-system error (OSError) into one naming the path, with exit status 1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +24,10 @@ class _Group(click.Group):
         except TwinError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except OSError as exc:  # a path that cannot be read or written: say which, without a traceback
+            paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+            click.echo(f"error: {paths + ': ' if paths else ''}{exc.strerror or exc}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

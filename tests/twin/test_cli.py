@@ -72,6 +72,16 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_a_path_that_cannot_be_written_gets_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = twin("simulate", "--preset", "tiny", "--out", str(blocker / "sim"), "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(blocker) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_simulate_refuses_a_non_empty_folder_then_writes_with_force(tmp_path):
     out = tmp_path / "sim"
     out.mkdir()
