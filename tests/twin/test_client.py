@@ -15,7 +15,7 @@ import pytest
 
 import twin
 from twin.client import DeadlineExceeded, TwinClient
-from twin.errors import InvalidInput, ModelNotFound, ModelNotReady
+from twin.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded
 
 KEY = "90002-1-1"
 
@@ -257,6 +257,37 @@ def test_invalid_input_is_not_retried(server):
         with pytest.raises(InvalidInput):
             client.gradient(_images(1), np.ones((1, 3)))
         assert time.monotonic() - begin < 1.0  # a retry would have slept >= 1 s
+
+
+def test_a_full_queue_raises_overloaded_and_the_server_goes_on(repository):
+    """RESOURCE_EXHAUSTED (the batcher's queue is full) is Overloaded, raised at once, not retried."""
+    from serving.server import start
+
+    with start(
+        repository, threads=1, poll_interval_s=None, max_queue_size=1, max_queue_delay_ms=500.0
+    ) as srv:
+        outcomes: list[object] = []
+
+        def call() -> None:
+            with TwinClient(srv.address, data_key=KEY, timeout=20.0, retries=3, backoff_s=2.0) as client:
+                begin = time.monotonic()
+                try:
+                    client.predict(_images(1))
+                    outcomes.append("ok")
+                except Overloaded as exc:
+                    outcomes.append((exc, time.monotonic() - begin))
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        refused = [o for o in outcomes if o != "ok"]
+        assert len(outcomes) == 8 and "ok" in outcomes and refused
+        for exc, seconds in refused:  # type: ignore[misc]
+            assert "queue" in str(exc) and seconds < 1.5  # a retry would have slept >= 1 s
+        with TwinClient(srv.address, data_key=KEY, timeout=20.0) as client:
+            assert client.predict(_images(1))[0].shape == (1, 150)
 
 
 def test_a_too_small_deadline_is_a_clear_error(server):
