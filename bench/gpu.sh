@@ -13,6 +13,8 @@
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
 #                    cells finished by then
+#   ORT_GPU_WHEEL=F  install onnxruntime-gpu from this wheel file instead of the package index (1.31 is
+#                    built for CUDA 13: the nvidia-* libraries it declares are those a CUDA 13 torch has)
 # The `small` preset is simulated once and shared by the steps. Each step's log goes to RESULTS/logs/;
 # a failing step does not stop the next ones.
 set -uo pipefail
@@ -65,7 +67,10 @@ if wants accuracy; then
 fi
 # 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
 if wants serving; then
-    if [[ ${INSTALL:-1} != 0 ]] && "$PYTHON" -m pip install --quiet "onnxruntime-gpu>=1.20,<2" 2>/dev/null; then
+    if [[ -n ${ORT_GPU_WHEEL:-} ]]; then  # a wheel file at hand (no package index needed)
+        "$PYTHON" -m pip uninstall --quiet --yes onnxruntime || true
+        "$PYTHON" -m pip install --quiet --no-index --no-deps --force-reinstall "$ORT_GPU_WHEEL" || status=1
+    elif [[ ${INSTALL:-1} != 0 ]] && "$PYTHON" -m pip install --quiet "onnxruntime-gpu>=1.20,<2" 2>/dev/null; then
         "$PYTHON" -m pip uninstall --quiet --yes onnxruntime || true
         "$PYTHON" -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.20,<2"
     fi
