@@ -13,6 +13,8 @@
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
 #                    cells finished by then
+#   MPS=1            run the steps under CUDA MPS (started here, stopped at the end), so that the
+#                    accuracy step's processes share the GPU at once instead of taking turns
 #   ORT_GPU_WHEEL=F  install onnxruntime-gpu from this wheel file instead of the package index (1.31 is
 #                    built for CUDA 13: the nvidia-* libraries it declares are those a CUDA 13 torch has)
 # The `small` preset is simulated once and shared by the steps. Each step's log goes to RESULTS/logs/;
@@ -50,8 +52,27 @@ run() {  # run NAME COMMAND...: log to $LOGS/NAME.log, stop it after LIMIT_<NAME
 }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
-data=$(mktemp -d)/small
-trap 'rm -rf "$(dirname "$data")"' EXIT
+scratch=$(mktemp -d)
+data=$scratch/small
+mps=0
+cleanup() {
+    if [[ $mps == 1 ]]; then echo quit | nvidia-cuda-mps-control; fi
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+# CUDA MPS lets the accuracy step's processes run kernels at the same time instead of taking turns
+# (small models are launch-bound: one process leaves most of a large GPU idle).
+if [[ ${MPS:-0} == 1 ]] && command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=$scratch/mps-pipe CUDA_MPS_LOG_DIRECTORY=$scratch/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d; then
+        mps=1
+        echo "CUDA MPS: on"
+    else
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+        echo "CUDA MPS: could not start; going on without it"
+    fi
+fi
 if wants train_speed || wants accuracy; then
     run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
