@@ -10,6 +10,9 @@ channels and shifter). Held-out test responses are read from the simulation's he
 `twin` rows pre-train one core on every recording the model can use and fine-tune it on the track's
 recording, when the preset has more than one such recording (the winners' recipe); `--ablation` adds
 rows that switch off one ingredient of `twin` / `twin_behavior` at a time (single models).
+`--single-from-ensemble` fills the `twin (1 model)` row with the ensemble members' own test scores,
+averaged, instead of training one more model per track (each member trains on the train tier less its
+early-stopping split, so the row slightly understates a model trained alone).
 
     python bench/accuracy.py --device cuda --amp --jobs 4    # small preset: the GPU job (one H100/H200)
     python bench/accuracy.py --quick                  # tiny preset, 16-channel models: CPU pipeline check
@@ -109,11 +112,16 @@ def run_ours(
     train_members(paths, model, run, members, config, init_from, nproc)
     scores = evaluate(run, [target], "test")
     trained = [json.loads(f.read_text()) for f in sorted((run / "members").glob("member-*/training.json"))]
+    # Each member's own test scores (metrics.json), averaged: what one of these models scores alone.
+    own = next(iter(json.loads((run / "metrics.json").read_text())["test"].values()))["members"]
     return {
         **_scores(next(iter(scores.values()))),
         "epochs": [t["epochs"] for t in trained],
         "pretrained_on": len(pretrain or []),
         "seconds": round(time.perf_counter() - started, 1),
+        "members_mean": {
+            k: float(np.mean([_scores(m)[k] for m in own.values()])) for k in _scores(own[next(iter(own))])
+        },
     }
 
 
@@ -260,6 +268,11 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {','.join(ROWS)}")
     parser.add_argument("--tracks", default=",".join(TRACKS), help="tracks to train (default both)")
+    parser.add_argument(
+        "--single-from-ensemble",
+        action="store_true",
+        help="the twin (1 model) row: the ensemble members' own scores, averaged, instead of one more model",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in processes (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="the result file (default bench/results/...)")
     args = parser.parse_args()
@@ -353,7 +366,11 @@ def main() -> None:
             kwargs = {"paths": paths, "target": target[track], "behavior": track == "sensorium+"}
             kwargs |= {"config": config, "width": width, "work": work / f"reference-{track}"}
             cells.append(("CNN (reference)", track, run_reference, kwargs))
-    rows = sorted(plan, key=lambda row: -max(t[3] for t in plan[row].values()))
+    single, ensemble = "twin (1 model)", f"twin ensemble ({members})"
+    derived = args.single_from_ensemble and single in plan and ensemble in plan
+    # Derived: the single-model row comes from the ensemble's members, with no training of its own.
+    plan_cells = [row for row in plan if not (derived and row == single)]
+    rows = sorted(plan_cells, key=lambda row: -max(t[3] for t in plan[row].values()))
     for row in rows:
         for track, (model, paths, cfg, n, pre) in plan[row].items():
             name = f"{list(plan).index(row)}-{track}"
@@ -373,6 +390,7 @@ def main() -> None:
         "device": args.device,
         "amp": args.amp,
         "jobs": args.jobs,
+        "single_from_ensemble": derived,
         "rows": sorted(chosen_rows),
         "tracks": sorted(tracks),
         "machine": {**machine(), **_device_info(args.device)},
@@ -395,6 +413,12 @@ def main() -> None:
     def record(row: str, track: str, outcome: dict) -> None:
         table[row][track] = outcome
         print(f"{row:<24} {track:<11} {outcome}", flush=True)
+        if derived and row == ensemble and "members_mean" in outcome:
+            table[single][track] = {
+                **outcome["members_mean"],
+                "from": f"mean of the {members} members' own scores",
+            }
+            print(f"{single:<24} {track:<11} {table[single][track]}", flush=True)
         result["seconds"] = round(time.perf_counter() - started, 1)
         _write(path, result)
 
