@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import training.export as export
 from training.data import Preprocessing, preprocess_images
 from training.ensemble import mean_and_spread
+from training.export import export_run
 from training.models import get_config
 from training.run import load_members, train_run
 from training.trainer import TrainConfig
@@ -228,11 +229,40 @@ def test_manifest_describes_the_artifact(behavior_run, behavior_artifact, upscal
 
 def test_graphs_read_out_with_gathers_and_differentiate_folded_convs(tiny_artifact):
     for path in tiny_artifact.glob("*.onnx"):
-        ops = {node.op_type for node in onnx.load(path).graph.node}
+        ops = [node.op_type for node in onnx.load(path).graph.node]
         assert "Gather" in ops and "GridSample" not in ops, (path.name, ops)
         gradient = path.name.startswith("gradient-")
+        # narrow layers (< 16 channels, as here) differentiate through ConvTranspose
         assert ("ConvTranspose" in ops) == gradient and ("BatchNormalization" in ops) != gradient
     assert not list(tiny_artifact.glob("*.data"))  # weights inside the graphs
+
+
+def test_wide_stride_one_layers_differentiate_as_conv_and_a_strided_one_as_conv_transpose(
+    tiny_paths, tmp_path
+):
+    """Input gradients of stride-1 convolutions into >= 16 channels are Convs with flipped kernels (ONNX
+    Runtime runs them far faster than ConvTranspose, depthwise above all); strided ones ConvTranspose."""
+    base = get_config("cnn")
+    core = replace(base.core, channels=16, layers=2, hidden_kernel=5, input_kernel=4, input_stride=2)
+    run = tmp_path / "run"
+    train_run(
+        [tiny_paths["90001-1-1"]],
+        replace(base, name="cnn-strided", core=core),
+        run,
+        config=FAST,
+        progress=False,
+    )
+    out = export_run(run, tmp_path / "artifact")
+    ops = [node.op_type for node in onnx.load(out / "gradient-90001-1-1.onnx").graph.node]
+    forward = [node.op_type for node in onnx.load(out / "responses-90001-1-1.onnx").graph.node].count("Conv")
+    # the strided input layer through ConvTranspose; every later (stride-1, 16-channel) layer as a Conv
+    assert ops.count("ConvTranspose") == 1 and ops.count("Conv") == forward + (forward - 1)
+    nets, pre = _torch_ensemble(run, "90001-1-1")
+    for batch in (1, 4):
+        x = _inputs(pre, batch, pre.image_size, batch)
+        weights = np.random.default_rng(batch).normal(size=(batch, 150)).astype(np.float32)
+        twin = artifact.load(out, threads=2).twin()
+        _close(twin.gradient(x["images"], weights), _reference_gradient(nets, pre, "90001-1-1", x, weights))
 
 
 def _fake_export_key(nets, key, pre, folder, opset):
