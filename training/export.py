@@ -9,7 +9,8 @@ Each graph holds every selected member and the recording's preprocessing, so a c
 units at the model's resolution and gets responses on the recording's scale. The gradient graph is
 torch.autograd.grad traced into the graph (TOOLCHAIN.md, "ONNX export"): batch norm folded into the
 convs, the few ops whose backward torch.export cannot trace swapped for equal ones
-(`ExportableGradients`), and the convolutions' input gradient translated to ConvTranspose.
+(`ExportableGradients`), and the convolutions' input gradient translated to a Conv with flipped
+kernels (stride 1, >= 16 input channels) or a ConvTranspose (the rest).
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ def _convolution_backward(
     groups,
     mask,
 ):
-    """aten.convolution_backward's input gradient as ConvTranspose (the only output the graph uses)."""
+    """aten.convolution_backward's input gradient (the only output used) as a Conv or a ConvTranspose."""
     from onnxscript import opset18 as op
 
     if transposed or not mask[0] or mask[1] or mask[2]:
