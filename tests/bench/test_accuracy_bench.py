@@ -1,0 +1,88 @@
+"""bench/accuracy.py with cells in parallel processes: the table fills cell by cell, the single-model row
+can come from the ensemble's members, and an interrupted run leaves no training process behind.
+
+Needs the train extra (torch); not the `bench` extra (the reference row is not selected here).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="torch: needs the train extra")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and text in (entry / "cmdline").read_bytes().decode(errors="replace")
+                and not (entry / "stat").read_text().split(") ")[-1].startswith("Z")
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _accuracy(data: Path, out: Path, *extra: str) -> list[str]:
+    args = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--quick", "--data", str(data)]
+    return [*args, "--out", str(out), "--tracks", "sensorium+", "--jobs", "2", *extra]
+
+
+@pytest.mark.slow
+def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(tiny_sim, tmp_path):
+    out = tmp_path / "accuracy.json"
+    args = _accuracy(tiny_sim, out, "--rows", "cnn,twin,ensemble", "--epochs", "1", "--members", "2")
+    done = subprocess.run(
+        [*args, "--single-from-ensemble"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["jobs"] == 2 and result["single_from_ensemble"]
+    assert result["rows"] == ["cnn", "ensemble", "twin"] and result["tracks"] == ["sensorium+"]
+    table = result["table"]
+    assert set(table) == {"CNN (ours)", "twin (1 model)", "twin ensemble (2)", "oracle"}
+    ensemble = table["twin ensemble (2)"]["sensorium+"]
+    assert ensemble["epochs"] == [1, 1] and "sensorium" not in table["CNN (ours)"]
+    single = table["twin (1 model)"]["sensorium+"]
+    assert single["from"] == "mean of the 2 members' own scores"
+    assert single == {**ensemble["members_mean"], "from": single["from"]}
+    for row in ("CNN (ours)", "twin ensemble (2)"):
+        scores = table[row]["sensorium+"]
+        assert -1 <= scores["single_trial_correlation"] <= 1 and -1 <= scores["correlation_to_average"] <= 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp_path):
+    data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
+    out = tmp_path / "accuracy.json"
+    args = _accuracy(data, out, "--rows", "ln,ensemble", "--epochs", "200", "--members", "2")
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    # until the ensemble's members train: its `twin train --nproc 2`, torchrun and two workers
+    while not (out.is_file() and len(_processes_naming(str(data))) >= 4):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 60
+    while _processes_naming(str(data)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(data)) == []
+    result = json.loads(out.read_text())  # the file of a run cut short: valid, and says so
+    assert not result["complete"] and result["table"]["twin ensemble (2)"] == {}
+    assert set(result["table"]["oracle"]) == {"sensorium", "sensorium+"}
