@@ -38,7 +38,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +50,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate import machine
+from simulate import device_info, machine, write_json
 
+from training.distributed import launch
 from training.models import ModelConfig, get_config
 from training.run import evaluate, load_tensors, train_run
 from training.trainer import TrainConfig
@@ -138,7 +138,7 @@ def train_members(
     init_from: Path | None,
     nproc: int,
 ) -> None:
-    """training.run.train_run, in this process, or through `twin train --nproc` when nproc > 1."""
+    """training.run.train_run, in this process, or under torchrun as `twin train --nproc` when nproc > 1."""
     if nproc <= 1 or members <= 1:
         train_run(paths, model, out, members=members, config=config, progress=False, init_from=init_from)
         return
@@ -149,43 +149,23 @@ def train_members(
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = out.parent / f"{out.name}-model.json"
     spec.write_text(json.dumps(model.to_dict()))
-    args = [sys.executable, "-m", "twin.cli", "train", "--model", str(spec), "--out", str(out)]
-    for path in paths:
-        args += ["--data", str(path)]
-    args += ["--members", str(members), "--nproc", str(min(nproc, members))]
-    args += [
-        "--epochs",
-        str(config.max_epochs),
-        "--batch-size",
-        str(config.batch_size),
-        "--lr",
-        str(config.lr),
-    ]
-    args += ["--correlation-weight", str(config.correlation_weight), "--seed", str(config.seed)]
-    args += ["--device", config.device, "--amp" if config.amp else "--no-amp"]
-    args += ["--channels-last" if config.channels_last else "--no-channels-last", "--quiet"]
-    if init_from is not None:
-        args += ["--init-from", str(init_from)]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    # Its own session: stopped (this process interrupted), it is told once and passes it on to torchrun,
-    # which stops its workers; killed outright, they would train on.
-    process = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    # `twin train --nproc`'s launcher: interrupted, it stops torchrun and its workers before returning.
+    launch(
+        min(nproc, members),
+        data=paths,
+        model=spec,
+        members=members,
+        out=out,
+        epochs=config.max_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        correlation_weight=config.correlation_weight,
+        seed=config.seed,
+        device=config.device,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        init_from=init_from,
     )
-    try:
-        _, stderr = process.communicate()
-    except BaseException:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise
-    if process.returncode != 0:
-        raise RuntimeError(f"twin train failed ({process.returncode}): {stderr[-2000:]}")
 
 
 def run_reference(
@@ -285,6 +265,8 @@ def main() -> None:
     batch_size = args.batch_size or (32 if args.quick else 128)
     work = Path(tempfile.mkdtemp(prefix="twin-accuracy-"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))
+    # The torchrun workers of parallel ensembles (`python -m training`) import the project from here.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     data = args.data or work / preset
     if args.data is None:
         simulate(preset, data, seed=0, progress=False)
@@ -393,7 +375,7 @@ def main() -> None:
         "single_from_ensemble": derived,
         "rows": sorted(chosen_rows),
         "tracks": sorted(tracks),
-        "machine": {**machine(), **_device_info(args.device)},
+        "machine": {**machine(), **device_info(args.device)},
         "date": time.strftime("%Y-%m-%d"),
         "complete": False,
         "table": table,
@@ -408,7 +390,7 @@ def main() -> None:
         )
     path = args.out or RESULTS / f"accuracy-{tag}-{args.device.split(':')[0]}.json"
     started = time.perf_counter()
-    _write(path, result)  # the plan and the oracle, before any cell
+    write_json(path, result)  # the plan and the oracle, before any cell
 
     def record(row: str, track: str, outcome: dict) -> None:
         table[row][track] = outcome
@@ -420,7 +402,7 @@ def main() -> None:
             }
             print(f"{single:<24} {track:<11} {table[single][track]}", flush=True)
         result["seconds"] = round(time.perf_counter() - started, 1)
-        _write(path, result)
+        write_json(path, result)
 
     if args.jobs <= 1:
         for row, track, function, kwargs in cells:
@@ -432,7 +414,7 @@ def main() -> None:
     result["complete"] = True
     result["seconds"] = round(time.perf_counter() - started, 1)
     _print(table)
-    _write(path, result)
+    write_json(path, result)
     print(f"wrote {path}")
 
 
@@ -490,24 +472,7 @@ def _cell_process(function, kwargs: dict, threads: int, out: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     torch.set_num_threads(threads)
     np.seterr(all="ignore")
-    _write(out, _cell(function, kwargs))
-
-
-def _device_info(device: str) -> dict:
-    import torch
-
-    info = {"device": device, "torch": torch.__version__}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _write(path: Path, result: dict) -> None:
-    """Atomically: a run killed while writing keeps the previous version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(out, _cell(function, kwargs))
 
 
 def _print(table: dict) -> None:

@@ -847,13 +847,6 @@ def print_table(result: dict) -> None:
         print(f"  {row['name']:58} {row['value']:6.2f}x  (>= {row['target']}x)  {verdict}")
 
 
-def write_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -917,7 +910,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))  # before twin reads it
     import torch
 
-    from bench.simulate import machine
+    from bench.simulate import machine, write_json
     from twin.artifact import load
 
     torch.set_num_threads(args.threads)
@@ -1005,7 +998,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(result)
     tag = f"{os.cpu_count()}cpu" if device == "cpu" else torch.cuda.get_device_name().replace(" ", "_")
     path = args.out or RESULTS / f"serving-{'quick-' if args.quick else ''}{tag}.json"
-    write_atomic(path, result)
+    write_json(path, result)
     print(f"\nwrote {path} ({result['total_seconds']:.0f} s)")
     return result
 

@@ -29,6 +29,24 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def device_info(device: str) -> dict:
+    """The torch build and, on CUDA, the GPU a benchmark ran on."""
+    import torch
+
+    info = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json(path: Path, result: dict) -> None:
+    """A results file, written atomically: a run killed while writing keeps the previous version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -139,10 +157,9 @@ def main() -> None:
     print(f"  naive np.load per file  {naive_s:8.2f} s   1.0x")
     print(f"  load_recording, cold    {cold_s:8.2f} s   {load['cold_speedup_vs_naive']}x")
     print(f"  load_recording, warm    {warm_s:8.3f} s   {load['warm_speedup_vs_naive']}x")
-    RESULTS.mkdir(exist_ok=True)
     tag = f"{os.cpu_count()}cpu"
     path = RESULTS / f"simulate-{args.preset}-{tag}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(path, result)
     print(f"wrote {path}")
     shutil.rmtree(cache, ignore_errors=True)
     if not args.keep and args.out is None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -295,15 +294,6 @@ def accuracy(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def device_info(device: str) -> dict:
-    import torch
-
-    info = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", help="preset of the timed comparison (default small)")
@@ -330,7 +320,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="twin-train-speed-"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))  # before twin reads it
     warnings.filterwarnings("ignore", category=UserWarning, module="neuralpredictors")
-    from bench.simulate import machine
+    from bench.simulate import device_info, machine, write_json
 
     try:
         data_root = args.data or simulate(args.preset, work / args.preset)
@@ -364,8 +354,7 @@ def main() -> None:
     print_table(result)
     tag = f"{os.cpu_count()}cpu" if args.device == "cpu" else result["machine"]["gpu"].replace(" ", "_")
     path = args.out or RESULTS / f"train_speed-{args.preset}-{tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -17,13 +17,14 @@ import datetime as dt
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 
 import torch
 
-from twin.errors import InvalidInput
+from twin.errors import InvalidInput, TwinError
 
-__all__ = ["gpu_placement", "init_from_env", "is_rank_zero", "run_launcher", "shutdown"]
+__all__ = ["gpu_placement", "init_from_env", "is_rank_zero", "launch", "run_launcher", "shutdown"]
 
 
 def init_from_env(device: str) -> str:
@@ -89,3 +90,30 @@ def run_launcher(args: Sequence[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def launch(nproc: int, **options: object) -> None:
+    """Run `python -m training` under torchrun on this machine, one process per member slot.
+
+    options: `twin train`'s, by name (data: a list of paths; amp, channels_last, resume: booleans; None
+    leaves an option out). Raises TwinError when the training processes fail.
+    """
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    args += ["-m", "training"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "data":
+            for path in value:  # type: ignore[attr-defined]
+                args += [flag, str(path)]
+        elif name in ("amp", "channels_last"):
+            args.append(flag if value else flag.replace("--", "--no-", 1))
+        elif value is None:
+            continue
+        elif name == "resume":
+            args += [flag] if value else []
+        else:
+            args += [flag, str(value)]
+    args.append("--quiet")
+    code = run_launcher(args)
+    if code != 0:
+        raise TwinError(f"training processes failed (exit status {code}); see the messages above")

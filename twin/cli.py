@@ -260,7 +260,9 @@ def train(
     selection. Under torchrun (or with --nproc) members train in parallel processes.
     """
     if nproc > 1:
-        _launch(
+        from training.distributed import launch
+
+        launch(
             nproc,
             data=data,
             model=model,
@@ -309,38 +311,6 @@ def train(
         shutdown()
     if rank_zero:
         _print_run(out)
-
-
-def _launch(nproc: int, **options) -> None:
-    """Run `python -m training` under torchrun on this machine, one process per member slot."""
-    from training.distributed import run_launcher
-
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "training",
-    ]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "data":
-            for path in value:
-                args += [flag, str(path)]
-        elif name in ("amp", "channels_last"):
-            args.append(flag if value else flag.replace("--", "--no-", 1))
-        elif value is None:
-            continue
-        elif name == "resume":
-            args += [flag] if value else []
-        else:
-            args += [flag, str(value)]
-    args.append("--quiet")
-    code = run_launcher(args)
-    if code != 0:
-        raise TwinError(f"training processes failed (exit status {code}); see the messages above")
 
 
 def _print_run(out: Path) -> None:

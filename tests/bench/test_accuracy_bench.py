@@ -16,25 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import processes_naming
+
 pytest.importorskip("torch", reason="torch: needs the train extra")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _processes_naming(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                entry.name.isdigit()
-                and text in (entry / "cmdline").read_bytes().decode(errors="replace")
-                and not (entry / "stat").read_text().split(") ")[-1].startswith("Z")
-            ):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _accuracy(data: Path, out: Path, *extra: str) -> list[str]:
@@ -73,16 +59,16 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     # until the ensemble's members train: its `twin train --nproc 2`, torchrun and two workers
-    while not (out.is_file() and len(_processes_naming(str(data))) >= 4):
+    while not (out.is_file() and len(processes_naming(str(data))) >= 4):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=180)
     assert proc.returncode != 0
     deadline = time.monotonic() + 60
-    while _processes_naming(str(data)) and time.monotonic() < deadline:
+    while processes_naming(str(data)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_naming(str(data)) == []
+    assert processes_naming(str(data)) == []
     result = json.loads(out.read_text())  # the file of a run cut short: valid, and says so
     assert not result["complete"] and result["table"]["twin ensemble (2)"] == {}
     assert set(result["table"]["oracle"]) == {"sensorium", "sensorium+"}

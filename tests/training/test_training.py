@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import processes_naming
 from training.data import RecordingTensors, batches
 from training.distributed import gpu_placement
 from training.ensemble import greedy_select, mean_and_spread
@@ -231,22 +232,6 @@ def test_an_ensemble_in_two_processes(tiny_paths, small_cnn, tmp_path):
     assert (scores["mean_member_std"] > 0) == (len(summary["selected"]) > 1)
 
 
-def _processes_naming(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                entry.name.isdigit()
-                and text in (entry / "cmdline").read_bytes().decode(errors="replace")
-                and not (entry / "stat").read_text().split(") ")[-1].startswith("Z")  # not a zombie
-            ):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stopping_a_parallel_training_run_stops_its_workers(tiny_paths, small_cnn, tmp_path, sig):
@@ -261,15 +246,15 @@ def test_stopping_a_parallel_training_run_stops_its_workers(tiny_paths, small_cn
     while not all(log.is_file() and log.read_text().strip() for log in logs):  # both workers training
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.1)
-    workers = [pid for pid in _processes_naming(str(run)) if pid != proc.pid]
+    workers = [pid for pid in processes_naming(str(run)) if pid != proc.pid]
     assert len(workers) >= 2  # the launcher and its two workers
     proc.send_signal(sig)
     proc.communicate(timeout=120)
     assert proc.returncode != 0  # stopped, not finished
     deadline = time.monotonic() + 60
-    while _processes_naming(str(run)) and time.monotonic() < deadline:
+    while processes_naming(str(run)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_naming(str(run)) == []
+    assert processes_naming(str(run)) == []
     # What was written stays: each member's checkpoints and log, so --resume can continue.
     assert all(log.read_text().strip() for log in logs)
 
