@@ -72,3 +72,26 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
     result = json.loads(out.read_text())  # the file of a run cut short: valid, and says so
     assert not result["complete"] and result["table"]["twin ensemble (2)"] == {}
     assert set(result["table"]["oracle"]) == {"sensorium", "sensorium+"}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        (
+            "--rows",
+            "cnn,lstm",
+            "--rows: unknown ['lstm']; expected some of ['ln', 'cnn', 'twin', 'ensemble', 'reference']",
+        ),
+        (
+            "--tracks",
+            "sensorium++",
+            "--tracks: unknown ['sensorium++']; expected some of ['sensorium', 'sensorium+']",
+        ),
+        ("--jobs", "0", "--jobs: 0; expected >= 1"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(tiny_sim, tmp_path, option, value, message):
+    args = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--quick", "--data", str(tiny_sim)]
+    done = subprocess.run([*args, option, value], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # refused before anything was written
