@@ -83,7 +83,8 @@ def _unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         try:
             return await call_unary(behavior, request, context)
         except TwinError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+            _end_with(context, exc)
+            return None
 
     return handler
 
@@ -94,9 +95,19 @@ def _stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
             async for item in iterate_stream(behavior, request, context):
                 yield item
         except TwinError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+            _end_with(context, exc)
 
     return handler
+
+
+def _end_with(context: aio.ServicerContext, exc: TwinError) -> None:
+    """Set the status the call ends with once every interceptor has returned.
+
+    Not `context.abort`: that sends the status at once, so a client could see its error before the
+    outer interceptors (metrics) have recorded the call.
+    """
+    context.set_code(grpc_status(exc))
+    context.set_details(str(exc))
 
 
 class ErrorInterceptor(aio.ServerInterceptor):

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.observability import Metrics, MetricsInterceptor, start_metrics_server
-from serving.status import ErrorInterceptor, grpc_status
+from serving.status import ErrorInterceptor, call_unary, grpc_status, iterate_stream, wrap_handler
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
 from twin.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
 
@@ -150,3 +150,71 @@ def test_metrics_live_in_a_private_registry():
 )
 def test_status_table(error, code):
     assert grpc_status(error) == code
+
+
+def test_a_twin_error_reaches_the_client_only_after_the_outer_interceptors_finished():
+    """A scrape right after a client saw an error counts that error: the status waits for the metrics.
+
+    The outer interceptor here takes 0.3 s to record each call; the client must not see the call's end
+    before it has (context.abort would send the status first).
+    """
+    recorded: list[str] = []
+
+    def slow(behavior):
+        async def observed(request, context):
+            try:
+                return await call_unary(behavior, request, context)
+            finally:
+                await asyncio.sleep(0.3)
+                recorded.append("unary")
+
+        return observed
+
+    def slow_stream(behavior):
+        async def observed(request, context):
+            try:
+                async for item in iterate_stream(behavior, request, context):
+                    yield item
+            finally:
+                await asyncio.sleep(0.3)
+                recorded.append("stream")
+
+        return observed
+
+    class SlowRecorder(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, details):
+            return wrap_handler(await continuation(details), slow, slow_stream)
+
+    async def main():
+        server = grpc.aio.server(interceptors=[SlowRecorder(), ErrorInterceptor()])
+        twin_pb2_grpc.add_TwinServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        seen = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = twin_pb2_grpc.TwinStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Predict(twin_pb2.PredictRequest())
+                seen["unary"] = (info.value.code(), info.value.details(), list(recorded))
+
+                async def requests():
+                    for request_id in ("a", "bad"):
+                        yield twin_pb2.PredictRequest(request_id=request_id)
+
+                answers = []
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for answer in stub.PredictStream(requests()):
+                        answers.append(answer.request_id)
+                seen["stream"] = (info.value.code(), answers, list(recorded))
+        finally:
+            await server.stop(None)
+        return seen
+
+    seen = asyncio.run(main())
+    code, details, recorded_then = seen["unary"]
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 8" in details
+    assert recorded_then == ["unary"]
+    code, answers, recorded_then = seen["stream"]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and answers == ["a"]
+    assert recorded_then == ["unary", "stream"]
