@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 from grpc import aio
 
@@ -33,7 +32,7 @@ from serving.heldout import HeldOutData, HeldOutRecording
 from serving.observability import Metrics
 from serving.repository import ModelLease, ModelRepository
 from twin.artifact import OnnxTwin
-from twin.errors import FormatError, InvalidInput, ModelNotFound
+from twin.errors import DeadlineExceeded, FormatError, InvalidInput, ModelNotFound
 from twin.resize import resize_adjoint
 
 __all__ = ["BatchKey", "Gradient", "Prediction", "Runtime", "load_heldout", "within_deadline"]
@@ -119,10 +118,7 @@ async def within_deadline(awaitable: Awaitable[T], context: aio.ServicerContext)
     try:
         return await asyncio.wait_for(awaitable, timeout=remaining)
     except TimeoutError:
-        await context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "deadline: passed before the answer was ready; retry later"
-        )
-        raise  # not reached: abort raises
+        raise DeadlineExceeded("deadline: passed before the answer was ready; retry later") from None
 
 
 class Runtime:

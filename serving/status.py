@@ -14,7 +14,15 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from twin.errors import FormatError, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
+from twin.errors import (
+    DeadlineExceeded,
+    FormatError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    TwinError,
+)
 
 __all__ = ["STATUS_CODES", "ErrorInterceptor", "grpc_status", "wrap_handler"]
 
@@ -23,6 +31,7 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     FormatError: grpc.StatusCode.FAILED_PRECONDITION,
     TwinError: grpc.StatusCode.FAILED_PRECONDITION,
 }

@@ -23,15 +23,19 @@ import grpc
 import numpy as np
 
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
-from twin.errors import FormatError, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
+from twin.errors import (
+    DeadlineExceeded,
+    FormatError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    TwinError,
+)
 
 __all__ = ["DeadlineExceeded", "PredictStream", "RemoteError", "TwinClient"]
 
 T = TypeVar("T")
-
-
-class DeadlineExceeded(TwinError, TimeoutError):
-    """The server did not answer within the call's deadline (`timeout`)."""
 
 
 class RemoteError(TwinError, RuntimeError):

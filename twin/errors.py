@@ -5,7 +5,8 @@ TwinError
 ├── FormatError       a file or folder on disk is not what the SENSORIUM layout expects
 ├── ModelNotFound     an unknown model, version or data key
 ├── ModelNotReady     a model exists but cannot answer yet (loading, failed to load)
-└── Overloaded        the server's request queue is full; retry later
+├── Overloaded        the server's request queue is full; retry later
+└── DeadlineExceeded  no answer within the call's deadline
 
 Messages name the field (or file), the value seen and what was expected. Each also subclasses the
 closest built-in exception so plain `except ValueError` keeps working for library users.
@@ -13,7 +14,15 @@ closest built-in exception so plain `except ValueError` keeps working for librar
 
 from __future__ import annotations
 
-__all__ = ["FormatError", "InvalidInput", "ModelNotFound", "ModelNotReady", "Overloaded", "TwinError"]
+__all__ = [
+    "DeadlineExceeded",
+    "FormatError",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "Overloaded",
+    "TwinError",
+]
 
 
 class TwinError(Exception):
@@ -38,3 +47,7 @@ class ModelNotReady(TwinError, RuntimeError):
 
 class Overloaded(TwinError, RuntimeError):
     """Too many requests are waiting (a full queue): the request was refused and may be retried later."""
+
+
+class DeadlineExceeded(TwinError, TimeoutError):
+    """No answer within the call's deadline (a client's `timeout`): the work was cancelled."""

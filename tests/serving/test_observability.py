@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.observability import Metrics, MetricsInterceptor, start_metrics_server
 from serving.status import ErrorInterceptor, call_unary, grpc_status, iterate_stream, wrap_handler
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
-from twin.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
+from twin.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, TwinError
 
 
 class Servicer(twin_pb2_grpc.TwinServicer):
@@ -144,6 +144,7 @@ def test_metrics_live_in_a_private_registry():
         (ModelNotFound("x"), grpc.StatusCode.NOT_FOUND),
         (ModelNotReady("x"), grpc.StatusCode.UNAVAILABLE),
         (Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (TwinError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (ValueError("x"), grpc.StatusCode.UNKNOWN),
     ],
