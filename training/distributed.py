@@ -13,11 +13,13 @@ with one GPU per rank, gloo when ranks share a GPU (more members than GPUs: smal
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import torch
@@ -78,7 +80,14 @@ def run_launcher(args: Sequence[str]) -> int:
     outright (as subprocess.call does on an interrupt) it would leave them training. So the launcher
     runs in its own session too (a terminal's Ctrl-C reaches it once, through us), every signal is
     forwarded, and we wait for it to finish stopping its workers. Returns its exit status.
+
+    torchrun can still leave a worker behind: one was seen, interrupted early in a run, asleep with no
+    parent and no peers, holding its parent's stderr open. On Linux this process is therefore the
+    workers' subreaper while the launcher runs (orphans become our children, not init's), and any that
+    outlive the launcher are stopped: SIGTERM, then SIGKILL 10 s later.
     """
+    subreaper = _set_child_subreaper(True)
+    before = _children()
     process = subprocess.Popen(list(args), start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
@@ -90,6 +99,73 @@ def run_launcher(args: Sequence[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if process.poll() is None:  # left by an error of ours, not by a signal: nothing may train on
+            process.kill()
+            process.wait()
+        if subreaper:
+            _stop_orphans(before)
+            _set_child_subreaper(False)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_child_subreaper(on: bool) -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER): whether it took effect (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (Linux /proc; empty elsewhere)."""
+    me, found = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.add(int(name))
+    return found
+
+
+def _stop_orphans(keep: set[int], grace: float = 10.0) -> None:
+    """SIGTERM every child of ours not in `keep` (orphans we reaped as subreaper), SIGKILL those left
+    after `grace` seconds, and collect them all (no zombies)."""
+    orphans = _children() - keep
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while orphans:
+        for pid in list(orphans):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                orphans.discard(pid)
+        if orphans and time.monotonic() > deadline:
+            for pid in orphans:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        if orphans:
+            time.sleep(0.05)
 
 
 def launch(nproc: int, **options: object) -> None:

@@ -56,14 +56,33 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
     data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
     out = tmp_path / "accuracy.json"
     args = _accuracy(data, out, "--rows", "ln,ensemble", "--epochs", "200", "--members", "2")
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a command started in the background of a shell inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     # until the ensemble's members train: its `twin train --nproc 2`, torchrun and two workers
     while not (out.is_file() and len(processes_naming(str(data))) >= 4):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=180)
+    try:
+        proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired as exc:
+        left = "\n".join(
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+            for pid in processes_naming(str(data))
+        )
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        proc.kill()
+        raise AssertionError(
+            f"still running 180 s after SIGINT:\n{left}\nstderr:\n{stderr[-4000:]}"
+        ) from None
     assert proc.returncode != 0
     deadline = time.monotonic() + 60
     while processes_naming(str(data)) and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 
 from tests.helpers import processes_naming
 from training.data import RecordingTensors, batches
-from training.distributed import gpu_placement
+from training.distributed import gpu_placement, run_launcher
 from training.ensemble import greedy_select, mean_and_spread
 from training.models import get_config
 from training.run import evaluate, load_members, load_tensors, member_data, train_run
@@ -358,3 +359,21 @@ def test_fine_tuning_starts_from_a_pretrained_shared_core(tiny_paths, small_cnn,
     wider.write_text(json.dumps(config_dict))
     with pytest.raises(InvalidInput, match="init_from: the pretrained core does not fit"):
         train_run([tiny_paths["90001-1-1"]], wider, tmp_path / "bad", config=config, init_from=pretrained)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreaper: Linux only")
+def test_the_launcher_stops_what_its_launcher_left_behind(tmp_path):
+    # A launcher that starts a worker in a session of its own and exits without it, as torchrun can.
+    mark = str(tmp_path / "orphan-worker")
+    worker = f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)  # {mark}"
+    launcher = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True); time.sleep(0.5)"
+    )
+    started = time.monotonic()
+    assert run_launcher([sys.executable, "-c", launcher]) == 0
+    assert processes_naming(mark) == []  # ignored SIGTERM: killed after the grace period
+    assert time.monotonic() - started < 60
+    # and this process is a subreaper no longer: later orphans are not ours to collect
+    flag = ctypes.c_int(-1)
+    assert ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value == 0  # GET
