@@ -378,11 +378,6 @@ def build_reference_model(
 # Training and evaluation
 
 
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 @dataclass(frozen=True)
 class StepStats:
     """What one optimizer step of `reference_steps` did: images seen, seconds spent fetching batches."""
@@ -448,7 +443,6 @@ def reference_steps(
             if (batch_no + 1) % per_step == 0:
                 optimizer.step()
                 optimizer.zero_grad()
-                _sync(device)
                 yield StepStats(epoch, images, data_seconds, batch_no + 1 == n_batches)
                 images, data_seconds = 0, 0.0
         epoch += 1

@@ -9,11 +9,13 @@ optimizer step, same machine, same process. Both sides include their data path i
   its Stacked2dCore / FullGaussian2d / FiringRateEncoder and sensorium's standard_trainer loop.
 Variants of ours, as `twin train` runs them: `ours` (the default: model and images in channels_last
 memory format, fp32), `ours_nchw` (`--no-channels-last`), `ours_bf16` (`--amp`: also bf16 autocast of
-the forward pass). The trainer's inner step is run here directly, the same operations in the same order,
-so that steps can be timed one by one; the reference runs as its users run it (NCHW, fp32).
+the forward pass). The trainer's inner step is run here directly, the same operations in the same order
+(like the trainer it never waits for the device within a step), so that steps can be timed apart; the
+reference runs as its users run it (NCHW, fp32).
 
-Steps of the variants are interleaved (one step of each per round) so that load from other processes
-falls on all of them alike; warm-up rounds are excluded. One-time setup (reading and preprocessing the
+Steps of the variants are interleaved (`--steps-per-round` steps of each per round, the clock read and
+the device synchronized between rounds) so that load from other processes falls on all of them alike;
+warm-up rounds are excluded. One-time setup (reading and preprocessing the
 recordings; building the datasets and the model) is reported apart.
 
 Then "at equal accuracy": on the `tiny` preset, both models train for the same number of epochs (ours
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -103,19 +105,24 @@ def build_ours(shapes: dict, device: str, channels_last: bool):
 def our_steps(
     model, data: dict, *, batch_size: int, lr: float, device: str, channels_last: bool, bf16: bool, seed: int
 ) -> Iterator[tuple[int, float]]:
-    """training.trainer.train's inner step, endlessly: yields (images, data seconds) per optimizer step."""
+    """training.trainer.train's inner step, endlessly: yields (images, data seconds) per optimizer step.
+
+    Like the trainer, it never waits for the device: data seconds are the host's time to issue a batch's
+    gather, and the caller synchronizes where it reads a clock.
+    """
     import torch
+
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
 
     from training.data import batches
     from training.trainer import poisson_loss
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device_type == "cuda")
     scale = {k: float(np.sqrt(len(d.indices("train")) / batch_size)) for k, d in data.items()}
     rng = np.random.default_rng(seed)
-    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     model.train()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)
     while True:
         for step in batches(data, "train", batch_size, rng):
             optimizer.zero_grad(set_to_none=True)
@@ -126,8 +133,6 @@ def our_steps(
                 x = batch["images"]
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if device_type == "cuda":
-                    torch.cuda.synchronize()
                 data_seconds += time.perf_counter() - fetch
                 with autocast:  # the forward pass only, as the trainer's _loss does
                     prediction = model(
@@ -135,11 +140,9 @@ def our_steps(
                     ).float()
                 loss = scale[key] * poisson_loss(prediction, batch["responses"]) + model.regularizer(key)
                 loss.backward()
-                total += float(loss.detach())  # as the trainer logs it (a device sync)
+                total += loss.detach().double()  # as the trainer sums it (on the device)
                 images += len(idx)
             optimizer.step()
-            if device_type == "cuda":
-                torch.cuda.synchronize()
             yield images, data_seconds
 
 
@@ -147,16 +150,36 @@ def our_steps(
 # The timed comparison
 
 
-def time_interleaved(runners: dict[str, Iterator], rounds: int, warmup: int) -> dict[str, list[dict]]:
-    """One step of every runner per round; the first `warmup` rounds are dropped."""
+def time_interleaved(
+    runners: dict[str, Iterator],
+    rounds: int,
+    warmup: int,
+    steps_per_round: int = 1,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, list[dict]]:
+    """`steps_per_round` steps of every runner per round, timed from one `sync()` to the next, so that a
+    runner that never waits for its device within a step is timed as it trains; the first `warmup`
+    rounds are dropped."""
     records: dict[str, list[dict]] = {name: [] for name in runners}
     for r in range(warmup + rounds):
         for name, runner in runners.items():
+            sync()
             start = time.perf_counter()
-            images, data_seconds = next(runner)
+            images, data_seconds = 0, 0.0
+            for _ in range(steps_per_round):
+                step_images, step_data_seconds = next(runner)
+                images, data_seconds = images + step_images, data_seconds + step_data_seconds
+            sync()
             seconds = time.perf_counter() - start
             if r >= warmup:
-                records[name].append({"images": images, "seconds": seconds, "data_seconds": data_seconds})
+                records[name].append(
+                    {
+                        "images": images,
+                        "seconds": seconds,
+                        "data_seconds": data_seconds,
+                        "steps": steps_per_round,
+                    }
+                )
         print(f"  round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else ""), flush=True)
     return records
 
@@ -165,18 +188,19 @@ def summarize(records: list[dict]) -> dict:
     images = sum(r["images"] for r in records)
     seconds = sum(r["seconds"] for r in records)
     data_seconds = sum(r["data_seconds"] for r in records)
-    median = float(np.median([r["seconds"] for r in records]))
+    steps = sum(r["steps"] for r in records)
+    # Robust to a round slowed by other processes: a median round's seconds per step.
+    median = float(np.median([r["seconds"] / r["steps"] for r in records]))
     return {
-        "steps": len(records),
+        "steps": steps,
         "images": images,
         "seconds": round(seconds, 3),
         "images_per_second": round(images / seconds, 2),
-        # Robust to a step slowed by other processes: images of a median step / its seconds.
-        "images_per_second_median_step": round(images / len(records) / median, 2),
-        "seconds_per_step_median": round(median, 3),
-        "data_seconds_per_step": round(data_seconds / len(records), 4),
+        "images_per_second_median_step": round(images / steps / median, 2),
+        "seconds_per_step_median": round(median, 4),
+        "data_seconds_per_step": round(data_seconds / steps, 4),
         "data_share": round(data_seconds / seconds, 4),
-        "step_seconds": [round(r["seconds"], 3) for r in records],
+        "round_seconds": [round(r["seconds"], 4) for r in records],
     }
 
 
@@ -213,8 +237,13 @@ def speed(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
     steps = reference_steps(reference, loaders, lr=0.009, device=args.device)
     runners["reference"] = ((s.images, s.data_seconds) for s in steps)
 
-    print(f"timing {args.steps} steps (+{args.warmup} warm-up) of {', '.join(runners)}", flush=True)
-    records = time_interleaved(runners, args.steps, args.warmup)
+    k = args.steps_per_round
+    print(
+        f"timing {args.steps} steps (+{args.warmup} warm-up) of {', '.join(runners)}, {k} per round",
+        flush=True,
+    )
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    records = time_interleaved(runners, args.steps // k, args.warmup // k + bool(args.warmup % k), k, sync)
     result.update({name: summarize(r) for name, r in records.items()})
     reference = result["reference"]
     for name in args.variants:
@@ -300,6 +329,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="an existing simulation of --preset")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument(
+        "--steps-per-round",
+        type=int,
+        default=None,
+        help="steps of a variant between two clock reads, with the device synchronized only there "
+        "(default 1 on CPU, 10 on CUDA: a GPU step is shorter than the wait for the device)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", default=None, help=f"ours' variants, comma-separated, of {VARIANTS}")
@@ -315,6 +351,11 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
     if args.steps < 1 or args.warmup < 0 or args.epochs < 0:
         parser.error("--steps >= 1, --warmup >= 0 and --epochs >= 0 expected")
+    args.steps_per_round = args.steps_per_round or (10 if args.device == "cuda" else 1)
+    if not 1 <= args.steps_per_round <= args.steps or args.steps % args.steps_per_round:
+        parser.error(
+            f"--steps-per-round: {args.steps_per_round}; expected a divisor of --steps ({args.steps})"
+        )
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="twin-train-speed-"))
@@ -347,6 +388,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "steps_per_round": args.steps_per_round,
         "warmup": args.warmup,
         "speed": timed,
         "accuracy": checked,

@@ -160,7 +160,8 @@ class RecordingTensors:
         tensors = ("images", "responses", "behavior", "pupil_center")
         return dataclasses.replace(self, **{name: getattr(self, name).to(device) for name in tensors})
 
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, idx: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The trials `idx` (row numbers; best a tensor already on the data's device)."""
         rows = torch.as_tensor(idx, device=self.images.device)
         return {
             "images": self.images[rows],
@@ -172,12 +173,18 @@ class RecordingTensors:
 
 def batches(
     data: dict[str, RecordingTensors], tier: str, batch_size: int, rng: np.random.Generator
-) -> Iterator[list[tuple[str, np.ndarray]]]:
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """One epoch of steps; each step holds one shuffled batch per recording (the reference's schedule).
 
     The epoch has as many steps as the largest recording has batches; smaller ones start over.
     """
-    orders = {key: rng.permutation(d.indices(tier)) for key, d in data.items()}
+    # Each recording's order goes to its data's device once per epoch: a step then indexes on the device,
+    # and the host never waits for a per-batch copy of indices (on a GPU, torch's blocking copy from
+    # host memory synchronizes the stream: the host would wait for every queued kernel at every step).
+    orders = {
+        key: torch.as_tensor(rng.permutation(d.indices(tier)), device=d.images.device)
+        for key, d in data.items()
+    }
     steps = max(int(np.ceil(len(o) / batch_size)) for o in orders.values())
     for step in range(steps):
         out = []

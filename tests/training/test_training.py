@@ -75,6 +75,14 @@ def test_one_batch_per_recording_per_step(tiny_paths):
     assert all([key for key, _ in step] == ["90001-1-1", "90002-1-1"] for step in steps)
     seen = np.concatenate([idx for step in steps for key, idx in step if key == "90001-1-1"])
     assert sorted(seen) == sorted(data["90001-1-1"].indices("train"))
+    # Indices live where the data lives (one copy per epoch, none per step): here a device every
+    # machine has, in batches of the same sizes.
+    moved = {key: d.to("meta") for key, d in data.items()}
+    on_device = list(batches(moved, "train", 100, np.random.default_rng(0)))
+    assert {idx.device.type for step in on_device for _, idx in step} == {"meta"}
+    assert [len(idx) for step in on_device for _, idx in step] == [
+        len(idx) for step in steps for _, idx in step
+    ]
 
 
 def test_a_small_cnn_learns(trained, tiny_paths):
