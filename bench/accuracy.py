@@ -7,9 +7,12 @@ behaviour, trained with one shared core on every recording of the preset); SENSO
 behaviour recording (the behaviour variants: cnn_behavior, twin_behavior, reference with behaviour
 channels and shifter). Held-out test responses are read from the simulation's held_out/ folder.
 
-`twin` rows pre-train one core on every recording the model can use and fine-tune it on the track's
-recording, when the preset has more than one such recording (the winners' recipe); `--ablation` adds
-rows that switch off one ingredient of `twin` / `twin_behavior` at a time (single models).
+`twin` rows pre-train one core on every recording and fine-tune it on the track's recording, when the
+preset has more than one (the winners' recipe). The pre-trained model is the image-only counterpart of
+the row's model (every recording can train it, also one whose behaviour is zeroed), so both tracks
+fine-tune from one pre-training run, trained once: `twin_behavior` starts from `twin`'s core with its
+behaviour channels' weights at zero (training.run.initialize_from). `--ablation` adds rows that switch
+off one ingredient of `twin` / `twin_behavior` at a time (single models).
 `--single-from-ensemble` fills the `twin (1 model)` row with the ensemble members' own test scores,
 averaged, instead of training one more model per track (each member trains on the train tier less its
 early-stopping split, so the row slightly understates a model trained alone).
@@ -33,6 +36,8 @@ after every finished cell ("complete": false until the last), so a run cut short
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -43,7 +48,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +94,47 @@ def model_config(name: str, width: int | None, **changes) -> ModelConfig:
     return replace(config, core=core, **changes)
 
 
+def image_only(model: ModelConfig) -> ModelConfig:
+    """The model without behaviour (channels, shifter, modulator): what pre-trains its core."""
+    if not (model.behavior_channels or model.shifter or model.modulator):
+        return model
+    core = replace(model.core, in_channels=model.core.in_channels - 3 * int(model.behavior_channels))
+    return replace(
+        model,
+        name=model.name.removesuffix("_behavior"),
+        core=core,
+        behavior_channels=False,
+        shifter=False,
+        modulator=False,
+    )
+
+
+def trained_once(
+    model: ModelConfig,
+    paths: list[Path],
+    members: int,
+    config: TrainConfig,
+    folder: Path,
+    nproc: int,
+    init_from: Path | None = None,
+) -> tuple[Path, bool]:
+    """The run training `model` on `paths`, trained by the first cell that needs it while the others
+    wait (a file lock: cells run in processes), and reused after: (run, reused). Cells of both tracks
+    share a pre-training this way, and the LN rows their one training."""
+    spec = {"model": model.to_dict(), "paths": [str(p) for p in paths], "members": members}
+    spec |= {"train": asdict(config), "init_from": None if init_from is None else str(init_from)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    run = folder / f"{model.name}-{members}-{digest}"
+    with open(folder / f"{run.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if (run / "metrics.json").is_file():
+            return run, True
+        train_members(paths, model, run, members, config, init_from, nproc)
+    return run, False
+
+
 def run_ours(
-    name: str,
     model: ModelConfig,
     paths: list[Path],
     target: Path,
@@ -102,22 +146,29 @@ def run_ours(
 ) -> dict:
     """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier.
 
-    nproc > 1: the members train in that many processes at once (`twin train --nproc`)."""
+    Runs live in `work`, named after what they train, where other cells with the same training (the
+    pre-training of the model's image-only counterpart; the same model on the same recordings) find
+    them. nproc > 1: the members train in that many processes at once (`twin train --nproc`)."""
     started = time.perf_counter()
-    run = work / name
-    init_from = None
+    init_from, pretraining = None, None
     if pretrain:
-        init_from = work / f"{name}-pretrained"
-        train_members(pretrain, model, init_from, members, config, None, nproc)
-    train_members(paths, model, run, members, config, init_from, nproc)
+        init_from, reused = trained_once(image_only(model), pretrain, members, config, work, nproc)
+        pretraining = {"run": init_from.name, "reused": reused}
+    pretraining_seconds = round(time.perf_counter() - started, 1)
+    run, reused = trained_once(model, paths, members, config, work, nproc, init_from)
     scores = evaluate(run, [target], "test")
+    key = next(iter(scores))  # the target's data key
     trained = [json.loads(f.read_text()) for f in sorted((run / "members").glob("member-*/training.json"))]
     # Each member's own test scores (metrics.json), averaged: what one of these models scores alone.
-    own = next(iter(json.loads((run / "metrics.json").read_text())["test"].values()))["members"]
+    own = json.loads((run / "metrics.json").read_text())["test"][key]["members"]
     return {
-        **_scores(next(iter(scores.values()))),
+        **_scores(scores[key]),
         "epochs": [t["epochs"] for t in trained],
         "pretrained_on": len(pretrain or []),
+        "pretrained": pretraining,
+        "run": {"name": run.name, "reused": reused},
+        # pre-training (or waiting for another cell's); then all: fine-tuning (or waiting) and scoring
+        "pretraining_seconds": pretraining_seconds,
         "seconds": round(time.perf_counter() - started, 1),
         "members_mean": {
             k: float(np.mean([_scores(m)[k] for m in own.values()])) for k in _scores(own[next(iter(own))])
@@ -272,13 +323,12 @@ def main() -> None:
         simulate(preset, data, seed=0, progress=False)
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
-    with_behavior = [r["path"] for r in roles.values() if r["role"] != "image_only"]
     config = TrainConfig(max_epochs=epochs, batch_size=batch_size, device=args.device, amp=args.amp, seed=0)
     twin_config = replace(config, correlation_weight=1.0)
     target = {track: roles[role]["path"] for track, role in TRACKS.items()}
-    # Pre-train on every recording the track's model can use, when there is more than the target.
-    pretrain = {"sensorium": every, "sensorium+": with_behavior}
-    pretrain = {t: (p if len(p) > 1 else None) for t, p in pretrain.items()}
+    # Pre-train (the image-only counterpart of the track's model) on every recording, when there is
+    # more than the target.
+    pretrain = {t: (every if len(every) > 1 else None) for t in TRACKS}
     plan: dict[str, dict[str, tuple]] = {
         # row: {track: (model, training recordings, config, members, pre-training recordings)}
         "LN": {
@@ -355,9 +405,8 @@ def main() -> None:
     rows = sorted(plan_cells, key=lambda row: -max(t[3] for t in plan[row].values()))
     for row in rows:
         for track, (model, paths, cfg, n, pre) in plan[row].items():
-            name = f"{list(plan).index(row)}-{track}"
-            kwargs = {"name": name, "model": model, "paths": paths, "target": target[track]}
-            kwargs |= {"members": n, "config": cfg, "work": work / track, "pretrain": pre}
+            kwargs = {"model": model, "paths": paths, "target": target[track]}
+            kwargs |= {"members": n, "config": cfg, "work": work / "runs", "pretrain": pre}
             kwargs["nproc"] = n if args.jobs > 1 else 1
             cells.append((row, track, run_ours, kwargs))
 

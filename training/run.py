@@ -136,16 +136,32 @@ def pretrained_weights(init_from: str | os.PathLike[str], member: int) -> tuple[
     return torch.load(best, weights_only=False)["model"], name
 
 
+INPUT_WEIGHT = "core.input_layer.0.weight"  # the core's first conv: (channels, in_channels, k, k)
+
+
 def initialize_from(net: torch.nn.Module, weights: dict) -> dict:
     """Copy every parameter and buffer whose name and shape match (the shared core, and the readouts,
     shifters and modulators of data keys both runs know); the rest keeps its fresh initialization.
 
     Pre-training one core on all recordings, then fine-tuning on the target recordings, is what the
-    SENSORIUM winners did. A pretrained run whose core does not fit (other width, depth or input channels)
-    is refused: fine-tuning would then start from scratch without saying so.
+    SENSORIUM winners did. A core pre-trained on images alone (every recording can train it, also one
+    whose behaviour is zeroed) also starts a model that takes behaviour as extra input channels: those
+    come after the image channels, so the pretrained first-layer weights fill the image channels and
+    the behaviour channels' weights start at zero (the model starts as the pretrained one and learns
+    what behaviour adds). A pretrained run whose core does not fit otherwise (other width, depth or
+    image channels) is refused: fine-tuning would then start from scratch without saying so.
     """
     own = net.state_dict()
     loaded = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    inflated = []
+    theirs_input, own_input = weights.get(INPUT_WEIGHT), own.get(INPUT_WEIGHT)
+    if INPUT_WEIGHT not in loaded and theirs_input is not None and own_input is not None:
+        pre, now = tuple(theirs_input.shape), tuple(own_input.shape)
+        if len(pre) == 4 and pre[0] == now[0] and pre[2:] == now[2:] and pre[1] < now[1]:
+            grown = torch.zeros_like(own_input)
+            grown[:, : pre[1]] = theirs_input.to(grown)
+            loaded[INPUT_WEIGHT] = grown
+            inflated.append(INPUT_WEIGHT)
     core = [k for k in own if k.startswith("core.")]
     missing_core = [k for k in core if k not in loaded]
     if missing_core:
@@ -156,7 +172,11 @@ def initialize_from(net: torch.nn.Module, weights: dict) -> dict:
             "config"
         )
     net.load_state_dict({**own, **loaded})
-    return {"loaded": len(loaded), "fresh": sorted(k for k in own if k not in loaded)}
+    return {
+        "loaded": len(loaded),
+        "fresh": sorted(k for k in own if k not in loaded),
+        "inflated": inflated,
+    }
 
 
 def _rank() -> tuple[int, int]:

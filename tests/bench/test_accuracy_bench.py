@@ -52,6 +52,21 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
 
 
 @pytest.mark.slow
+def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_path):
+    out = tmp_path / "accuracy.json"
+    args = _accuracy(tiny_sim, out, "--rows", "ensemble", "--epochs", "1", "--members", "2")
+    args[args.index("--tracks") + 1] = "sensorium,sensorium+"
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = json.loads(out.read_text())["table"]["twin ensemble (2)"]
+    assert set(cells) == {"sensorium", "sensorium+"}
+    pretrained = [cells[track]["pretrained"] for track in ("sensorium", "sensorium+")]
+    assert pretrained[0]["run"] == pretrained[1]["run"] and pretrained[0]["run"].startswith("twin-2-")
+    assert sorted(p["reused"] for p in pretrained) == [False, True]  # trained by one cell, waited for by one
+    assert all(cells[track]["pretrained_on"] == 2 for track in cells)
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp_path):
     data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
     out = tmp_path / "accuracy.json"

@@ -357,3 +357,34 @@ def test_invalid_twin_configs_name_the_field(make, field):
 def test_in_channels_error_lists_the_parts():
     with pytest.raises(InvalidInput, match=r"expected 7 \(1 image channel \+ 1 centred copy \+ 2 gradient"):
         replace(get_config("twin_behavior"), core=replace(get_config("twin_behavior").core, in_channels=4))
+
+
+def test_an_image_only_core_starts_a_behaviour_model_with_zero_behaviour_weights():
+    """twin (images) pre-trained -> twin_behavior: image channels copied, behaviour channels at zero."""
+    from training.run import INPUT_WEIGHT, initialize_from
+
+    rng = np.random.default_rng(0)
+    shapes = {key: RecordingShape(n, rng.uniform(0, 1, (n, 3))) for key, n in (("a", 5), ("b", 6))}
+    narrow = replace(get_config("twin").core, channels=8)
+    torch.manual_seed(0)
+    pretrained = build(replace(get_config("twin"), core=narrow), shapes).eval()
+    behavior = replace(get_config("twin_behavior"), core=replace(narrow, in_channels=7))
+    torch.manual_seed(1)
+    net = build(behavior, {"b": shapes["b"]}).eval()
+    start = initialize_from(net, pretrained.state_dict())
+    assert start["inflated"] == [INPUT_WEIGHT]
+    assert not any(k.startswith(("core.", "readouts.")) for k in start["fresh"])  # shifter, modulator
+    weight = net.state_dict()[INPUT_WEIGHT]
+    torch.testing.assert_close(weight[:, :4], pretrained.state_dict()[INPUT_WEIGHT])
+    assert torch.count_nonzero(weight[:, 4:]) == 0
+    # so the core computes what the pretrained one does, whatever the behaviour
+    images = torch.randn(3, 1, *behavior.image_shape)
+    planes = torch.randn(3, 3, 1, 1).expand(-1, -1, *behavior.image_shape)
+    with torch.no_grad():
+        ours = net.core(torch.cat([net.inputs(images), planes], dim=1))
+        theirs = pretrained.core(pretrained.inputs(images))
+    torch.testing.assert_close(ours, theirs)
+
+    other_kernel = replace(behavior, core=replace(behavior.core, input_kernel=7))
+    with pytest.raises(InvalidInput, match="init_from: the pretrained core does not fit"):
+        initialize_from(build(other_kernel, {"b": shapes["b"]}), pretrained.state_dict())
