@@ -211,6 +211,8 @@ def speed(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
 
     result: dict = {}
     cuda = args.device == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as training.trainer.train sets it (for both sides here)
     start = time.perf_counter()
     data, shapes = load_ours(folders, args.device)
     ours_setup = time.perf_counter() - start
