@@ -117,7 +117,7 @@ def our_steps(
     from training.data import batches
     from training.trainer import poisson_loss
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device_type == "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # as the trainer
     scale = {k: float(np.sqrt(len(d.indices("train")) / batch_size)) for k, d in data.items()}
     rng = np.random.default_rng(seed)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -344,8 +344,9 @@ def test_fine_tuning_starts_from_a_pretrained_shared_core(tiny_paths, small_cnn,
     """Pre-train one core on both recordings, fine-tune on one: the first epoch already beats scratch."""
     config = replace(FAST, max_epochs=1)
     pretrained = tmp_path / "pretrained"
+    # 12 epochs: after only 3 the head start was 0.008-0.024, whether it showed hung on float rounding
     train_run(
-        list(tiny_paths.values()), small_cnn, pretrained, config=replace(FAST, max_epochs=3), progress=False
+        list(tiny_paths.values()), small_cnn, pretrained, config=replace(FAST, max_epochs=12), progress=False
     )
     first_epoch = {}
     for name, init_from in (("scratch", None), ("fine-tuned", pretrained)):
@@ -359,7 +360,7 @@ def test_fine_tuning_starts_from_a_pretrained_shared_core(tiny_paths, small_cnn,
         "start"
     ]
     assert start["member"] == "member-0" and start["fresh"] == []  # core and readout of 90001-1-1 both fit
-    assert first_epoch["fine-tuned"] > first_epoch["scratch"] + 0.02
+    assert first_epoch["fine-tuned"] > first_epoch["scratch"] + 0.05
 
     wider = tmp_path / "wider.json"
     config_dict = json.loads(small_cnn.read_text())
