@@ -21,6 +21,8 @@ early-stopping split, so the row slightly understates a model trained alone).
     python bench/accuracy.py --quick                  # tiny preset, 16-channel models: CPU pipeline check
     python bench/accuracy.py --quick --ablation       # ... with the ablation rows
     python bench/accuracy.py --device cuda --amp --rows cnn,reference --tracks sensorium+   # a part
+    python bench/accuracy.py --device cuda --amp --rows twin --twin-core channels=128 --work runs/w128
+                                                      # a twin variant, its runs kept in runs/w128
 
 `--jobs N` trains the table's cells in N processes at once, and the members of an ensemble in parallel
 processes (`twin train --nproc`). Cells are independent (each trains its own models from the same
@@ -36,19 +38,21 @@ after every finished cell ("complete": false until the last), so a run cut short
 from __future__ import annotations
 
 import argparse
+import atexit
 import fcntl
 import hashlib
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate import device_info, machine, write_json
 
 from training.distributed import launch
-from training.models import ModelConfig, get_config
+from training.models import CoreConfig, ModelConfig, get_config
 from training.run import evaluate, load_tensors, train_run
 from training.trainer import TrainConfig
 from twin import metrics
@@ -251,9 +255,29 @@ def run_reference(
     }
 
 
-def _ablations(width: int | None) -> dict[str, dict[str, tuple[ModelConfig, float, bool]]]:
+def core_changes(text: str) -> dict[str, object]:
+    """--twin-core "channels=128,layers=6" -> {"channels": 128, "layers": 6} (values read as JSON)."""
+    changes: dict[str, object] = {}
+    known = {f.name for f in fields(CoreConfig)} - {"in_channels"}  # in_channels follows the inputs
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in known:
+            raise ValueError(f"{item!r}; expected FIELD=VALUE with FIELD one of {sorted(known)}")
+        try:
+            changes[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[name.strip()] = value.strip()
+    return changes
+
+
+def _ablations(
+    width: int | None, twin_core: dict[str, object]
+) -> dict[str, dict[str, tuple[ModelConfig, float, bool]]]:
     """Rows: twin minus one ingredient -> {track: (model config, correlation weight, pre-train)}."""
-    full = {"sensorium": model_config("twin", width), "sensorium+": model_config("twin_behavior", width)}
+    full = {
+        "sensorium": model_config("twin", width, core=twin_core),
+        "sensorium+": model_config("twin_behavior", width, core=twin_core),
+    }
     baseline_core = {"kind": "cnn", "hidden_kernel": 7, "depthwise": True, "dropout": 0.0, "residual": False}
     rows: dict[str, dict[str, tuple[ModelConfig, float, bool]]] = {
         "- pre-training": {t: (c, 1.0, False) for t, c in full.items()},
@@ -296,6 +320,11 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default 128; 32 with --quick")
     parser.add_argument("--ablation", action="store_true", help="add rows without one twin ingredient each")
+    parser.add_argument(
+        "--twin-core",
+        default="",
+        help='changes to the twin models\' core config, e.g. "channels=128,hidden_kernel=5" (after --width)',
+    )
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {','.join(ROWS)}")
     parser.add_argument("--tracks", default=",".join(TRACKS), help="tracks to train (default both)")
@@ -306,6 +335,12 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in processes (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="the result file (default bench/results/...)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the simulation, caches and training runs here (default: a temporary folder, removed)",
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs: {args.jobs}; expected >= 1")
@@ -314,7 +349,18 @@ def main() -> None:
     epochs = args.epochs or (40 if args.quick else 200)
     width = args.width or (16 if args.quick else None)
     batch_size = args.batch_size or (32 if args.quick else 128)
-    work = Path(tempfile.mkdtemp(prefix="twin-accuracy-"))
+    try:
+        twin_core = core_changes(args.twin_core)
+        model_config("twin_behavior", width, core=twin_core)  # refused here, not in a cell
+    except ValueError as exc:
+        parser.error(f"--twin-core: {exc}")
+    if args.work is None:  # simulations, caches and runs: a temporary folder, gone at the end
+        work = Path(tempfile.mkdtemp(prefix="twin-accuracy-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+    else:
+        work = args.work.resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    print(f"working in {work}" + ("" if args.work else " (removed at the end; --work DIR keeps it)"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))
     # The torchrun workers of parallel ensembles (`python -m training`) import the project from here.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -343,14 +389,14 @@ def main() -> None:
     for row, n in (("twin (1 model)", 1), (f"twin ensemble ({members})", members)):
         plan[row] = {
             "sensorium": (
-                model_config("twin", width),
+                model_config("twin", width, core=twin_core),
                 [target["sensorium"]],
                 twin_config,
                 n,
                 pretrain["sensorium"],
             ),
             "sensorium+": (
-                model_config("twin_behavior", width),
+                model_config("twin_behavior", width, core=twin_core),
                 [target["sensorium+"]],
                 twin_config,
                 n,
@@ -358,7 +404,7 @@ def main() -> None:
             ),
         }
     if args.ablation:
-        for row, tracks in _ablations(width).items():
+        for row, tracks in _ablations(width, twin_core).items():
             plan[row] = {
                 track: (
                     model,
@@ -417,6 +463,7 @@ def main() -> None:
         "members": members,
         "max_epochs": epochs,
         "width": width,
+        "twin_core": twin_core,
         "batch_size": batch_size,
         "device": args.device,
         "amp": args.amp,

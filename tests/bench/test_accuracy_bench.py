@@ -7,6 +7,7 @@ Needs the train extra (torch); not the `bench` extra (the reference row is not s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,8 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
         [*args, "--single-from-ensemble"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    work = Path(re.search(r"working in (\S+) \(removed at the end", done.stdout).group(1))
+    assert not work.exists()  # the temporary simulation, caches and runs are gone
     result = json.loads(out.read_text())
     assert result["complete"] and result["jobs"] == 2 and result["single_from_ensemble"]
     assert result["rows"] == ["cnn", "ensemble", "twin"] and result["tracks"] == ["sensorium+"]
@@ -54,7 +57,9 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
 @pytest.mark.slow
 def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
+    work = tmp_path / "work"
     args = _accuracy(tiny_sim, out, "--rows", "ensemble", "--epochs", "1", "--members", "2")
+    args += ["--twin-core", "channels=8,dropout=0.2", "--work", str(work)]
     args[args.index("--tracks") + 1] = "sensorium,sensorium+"
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -64,6 +69,12 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
     assert pretrained[0]["run"] == pretrained[1]["run"] and pretrained[0]["run"].startswith("twin-2-")
     assert sorted(p["reused"] for p in pretrained) == [False, True]  # trained by one cell, waited for by one
     assert all(cells[track]["pretrained_on"] == 2 for track in cells)
+    # --work keeps the runs; --twin-core reached every twin model (quick width 16 -> 8 channels)
+    runs = sorted((work / "runs").glob("twin*/run.json"))
+    assert len(runs) == 3  # the pre-training and one fine-tuning per track
+    for run in runs:
+        core = json.loads(run.read_text())["model"]["core"]
+        assert core["channels"] == 8 and core["dropout"] == 0.2
 
 
 @pytest.mark.slow
@@ -122,6 +133,8 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
             "--tracks: unknown ['sensorium++']; expected some of ['sensorium', 'sensorium+']",
         ),
         ("--jobs", "0", "--jobs: 0; expected >= 1"),
+        ("--twin-core", "chanels=8", "--twin-core: 'chanels=8'; expected FIELD=VALUE with FIELD one of"),
+        ("--twin-core", "channels=0", "--twin-core: channels: 0; expected an integer >= 1"),
     ],
 )
 def test_bad_options_are_refused_naming_the_option(tiny_sim, tmp_path, option, value, message):
