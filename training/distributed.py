@@ -86,7 +86,7 @@ def run_launcher(args: Sequence[str]) -> int:
     workers' subreaper while the launcher runs (orphans become our children, not init's), and any that
     outlive the launcher are stopped: SIGTERM, then SIGKILL 10 s later.
     """
-    subreaper = _set_child_subreaper(True)
+    was_subreaper = _set_child_subreaper(True)
     before = _children()
     process = subprocess.Popen(list(args), start_new_session=True)
 
@@ -102,25 +102,31 @@ def run_launcher(args: Sequence[str]) -> int:
         if process.poll() is None:  # left by an error of ours, not by a signal: nothing may train on
             process.kill()
             process.wait()
-        if subreaper:
+        if was_subreaper is not None:
             _stop_orphans(before)
-            _set_child_subreaper(False)
+            _set_child_subreaper(was_subreaper)  # as it was: a subreaper of its own stays one
 
 
-_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 
-def _set_child_subreaper(on: bool) -> bool:
-    """prctl(PR_SET_CHILD_SUBREAPER): whether it took effect (Linux only)."""
+def _set_child_subreaper(on: bool) -> bool | None:
+    """prctl(PR_SET_CHILD_SUBREAPER, on): the setting it had before, or None where it cannot be set
+    (not Linux, or refused)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+        before = ctypes.c_int(0)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) != 0:
+            return None
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            return None
+        return bool(before.value)
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def _children() -> set[int]:
