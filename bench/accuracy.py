@@ -375,6 +375,12 @@ def main() -> None:
     # Pre-train (the image-only counterpart of the track's model) on every recording, when there is
     # more than the target.
     pretrain = {t: (every if len(every) > 1 else None) for t in TRACKS}
+    # Without pre-training, a model trains at once on every recording it can use (a behaviour model:
+    # those whose behaviour is not zeroed).
+    usable = {
+        "sensorium": every,
+        "sensorium+": [r["path"] for r in roles.values() if r["role"] != "image_only"],
+    }
     plan: dict[str, dict[str, tuple]] = {
         # row: {track: (model, training recordings, config, members, pre-training recordings)}
         "LN": {
@@ -408,7 +414,7 @@ def main() -> None:
             plan[row] = {
                 track: (
                     model,
-                    [target[track]] if pre else pretrain[track] or [target[track]],
+                    [target[track]] if pre else usable[track],
                     replace(config, correlation_weight=weight),
                     1,
                     pretrain[track] if pre else None,

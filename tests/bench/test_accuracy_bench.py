@@ -78,6 +78,35 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
 
 
 @pytest.mark.slow
+def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path):
+    out = tmp_path / "accuracy.json"
+    args = _accuracy(tiny_sim, out, "--rows", "twin", "--ablation", "--epochs", "1")
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = json.loads(out.read_text())["table"]
+    ablations = {row: cells["sensorium+"] for row, cells in table.items() if row.startswith("- ")}
+    assert set(ablations) == {
+        "- pre-training",
+        "- correlation loss",
+        "- dropout",
+        "- residual core",
+        "- extra input channels",
+        "- modulator",
+        "- shifter",
+    }
+    assert not [row for row, cell in ablations.items() if "error" in cell]
+    # without pre-training: trained on the behaviour recording alone (the image-only one has none)
+    assert ablations["- pre-training"]["pretrained_on"] == 0
+    assert all(cell["pretrained_on"] == 2 for row, cell in ablations.items() if row != "- pre-training")
+    # the rows whose image-only counterpart is the full model's share its pre-training
+    full = table["twin (1 model)"]["sensorium+"]["pretrained"]["run"]
+    assert (
+        ablations["- modulator"]["pretrained"]["run"] == ablations["- shifter"]["pretrained"]["run"] == full
+    )
+    assert ablations["- dropout"]["pretrained"]["run"] != full
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp_path):
     data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
     out = tmp_path / "accuracy.json"
