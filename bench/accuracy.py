@@ -374,7 +374,7 @@ def main() -> None:
     target = {track: roles[role]["path"] for track, role in TRACKS.items()}
     # Pre-train (the image-only counterpart of the track's model) on every recording, when there is
     # more than the target.
-    pretrain = {t: (every if len(every) > 1 else None) for t in TRACKS}
+    pretrain = every if len(every) > 1 else None
     # Without pre-training, a model trains at once on every recording it can use (a behaviour model:
     # those whose behaviour is not zeroed).
     usable = {
@@ -399,14 +399,14 @@ def main() -> None:
                 [target["sensorium"]],
                 twin_config,
                 n,
-                pretrain["sensorium"],
+                pretrain,
             ),
             "sensorium+": (
                 model_config("twin_behavior", width, core=twin_core),
                 [target["sensorium+"]],
                 twin_config,
                 n,
-                pretrain["sensorium+"],
+                pretrain,
             ),
         }
     if args.ablation:
@@ -417,7 +417,7 @@ def main() -> None:
                     [target[track]] if pre else usable[track],
                     replace(config, correlation_weight=weight),
                     1,
-                    pretrain[track] if pre else None,
+                    pretrain if pre else None,
                 )
                 for track, (model, weight, pre) in tracks.items()
             }

@@ -172,25 +172,18 @@ def time_interleaved(
             sync()
             seconds = time.perf_counter() - start
             if r >= warmup:
-                records[name].append(
-                    {
-                        "images": images,
-                        "seconds": seconds,
-                        "data_seconds": data_seconds,
-                        "steps": steps_per_round,
-                    }
-                )
+                records[name].append({"images": images, "seconds": seconds, "data_seconds": data_seconds})
         print(f"  round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else ""), flush=True)
     return records
 
 
-def summarize(records: list[dict]) -> dict:
+def summarize(records: list[dict], steps_per_round: int) -> dict:
     images = sum(r["images"] for r in records)
     seconds = sum(r["seconds"] for r in records)
     data_seconds = sum(r["data_seconds"] for r in records)
-    steps = sum(r["steps"] for r in records)
+    steps = len(records) * steps_per_round
     # Robust to a round slowed by other processes: a median round's seconds per step.
-    median = float(np.median([r["seconds"] / r["steps"] for r in records]))
+    median = float(np.median([r["seconds"] for r in records])) / steps_per_round
     return {
         "steps": steps,
         "images": images,
@@ -245,8 +238,9 @@ def speed(args: argparse.Namespace, folders: list[Path], work: Path) -> dict:
         flush=True,
     )
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    records = time_interleaved(runners, args.steps // k, args.warmup // k + bool(args.warmup % k), k, sync)
-    result.update({name: summarize(r) for name, r in records.items()})
+    warmup_rounds = -(-args.warmup // k)  # every warm-up step, in whole rounds
+    records = time_interleaved(runners, args.steps // k, warmup_rounds, k, sync)
+    result.update({name: summarize(r, k) for name, r in records.items()})
     reference = result["reference"]
     for name in args.variants:
         row = result[name]
