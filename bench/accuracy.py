@@ -59,7 +59,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate import device_info, machine, write_json
+from simulate import device_info, machine, positive_or, write_json
 
 from training.distributed import launch
 from training.models import CoreConfig, ModelConfig, get_config
@@ -345,10 +345,10 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs: {args.jobs}; expected >= 1")
     preset = args.preset or ("tiny" if args.quick else "small")
-    members = args.members or (3 if args.quick else 5)
-    epochs = args.epochs or (40 if args.quick else 200)
-    width = args.width or (16 if args.quick else None)
-    batch_size = args.batch_size or (32 if args.quick else 128)
+    members = positive_or(parser, "--members", args.members, 3 if args.quick else 5)
+    epochs = positive_or(parser, "--epochs", args.epochs, 40 if args.quick else 200)
+    width = positive_or(parser, "--width", args.width, 16 if args.quick else None)
+    batch_size = positive_or(parser, "--batch-size", args.batch_size, 32 if args.quick else 128)
     try:
         twin_core = core_changes(args.twin_core)
         model_config("twin_behavior", width, core=twin_core)  # refused here, not in a cell
@@ -359,6 +359,8 @@ def main() -> None:
         atexit.register(shutil.rmtree, work, ignore_errors=True)
     else:
         work = args.work.resolve()
+        if work.exists() and not work.is_dir():
+            parser.error(f"--work: {args.work} is a file; expected a folder (made if missing)")
         work.mkdir(parents=True, exist_ok=True)
     print(f"working in {work}" + ("" if args.work else " (removed at the end; --work DIR keeps it)"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))

@@ -895,9 +895,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/...)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    args.members = args.members or (2 if args.quick else 3)
-    args.neurons = args.neurons or (100 if args.quick else 8000)
-    args.threads = args.threads or os.cpu_count() or 1
+    from bench.simulate import positive_or
+
+    args.members = positive_or(parser, "--members", args.members, 2 if args.quick else 3)
+    args.neurons = positive_or(parser, "--neurons", args.neurons, 100 if args.quick else 8000)
+    args.threads = positive_or(parser, "--threads", args.threads, os.cpu_count() or 1)
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
         sizes = replace(sizes, repeats=args.repeats)

@@ -39,6 +39,16 @@ def device_info(device: str) -> dict:
     return info
 
 
+def positive_or(parser: argparse.ArgumentParser, option: str, value: int | None, default):
+    """An integer option's value, or `default` when it was not given; below 1 it is refused, named
+    (not silently replaced by the default, as `value or default` would)."""
+    if value is None:
+        return default
+    if value < 1:
+        parser.error(f"{option}: {value}; expected >= 1")
+    return value
+
+
 def write_json(path: Path, result: dict) -> None:
     """A results file, written atomically: a run killed while writing keeps the previous version."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -347,7 +347,8 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
     if args.steps < 1 or args.warmup < 0 or args.epochs < 0:
         parser.error("--steps >= 1, --warmup >= 0 and --epochs >= 0 expected")
-    args.steps_per_round = args.steps_per_round or (10 if args.device == "cuda" else 1)
+    if args.steps_per_round is None:
+        args.steps_per_round = 10 if args.device == "cuda" else 1
     if not 1 <= args.steps_per_round <= args.steps or args.steps % args.steps_per_round:
         parser.error(
             f"--steps-per-round: {args.steps_per_round}; expected a divisor of --steps ({args.steps})"

@@ -162,6 +162,9 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
             "--tracks: unknown ['sensorium++']; expected some of ['sensorium', 'sensorium+']",
         ),
         ("--jobs", "0", "--jobs: 0; expected >= 1"),
+        ("--members", "0", "--members: 0; expected >= 1"),
+        ("--epochs", "0", "--epochs: 0; expected >= 1"),
+        ("--batch-size", "0", "--batch-size: 0; expected >= 1"),
         ("--twin-core", "chanels=8", "--twin-core: 'chanels=8'; expected FIELD=VALUE with FIELD one of"),
         ("--twin-core", "channels=0", "--twin-core: channels: 0; expected an integer >= 1"),
     ],
@@ -171,3 +174,23 @@ def test_bad_options_are_refused_naming_the_option(tiny_sim, tmp_path, option, v
     done = subprocess.run([*args, option, value], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_work_folder_that_is_a_file_is_refused(tiny_sim, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    args = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--quick", "--data", str(tiny_sim)]
+    done = subprocess.run(
+        [*args, "--work", "taken"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--work: taken is a file; expected a folder (made if missing)" in done.stderr
+
+
+@pytest.mark.parametrize(("steps", "per_round"), [("5", "2"), ("4", "8"), ("4", "0")])
+def test_train_speed_refuses_rounds_that_do_not_divide_the_steps(tmp_path, steps, per_round):
+    args = [sys.executable, str(ROOT / "bench" / "train_speed.py"), "--steps", steps]
+    done = subprocess.run(
+        [*args, "--steps-per-round", per_round], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert f"--steps-per-round: {per_round}; expected a divisor of --steps ({steps})" in done.stderr

@@ -82,3 +82,15 @@ def test_quick_serving_bench_fills_every_row(tmp_path):
 
     names = [t["name"] for t in result["targets"]]
     assert len(names) == 5 and all(t["value"] > 0 and isinstance(t["met"], bool) for t in result["targets"])
+
+
+@pytest.mark.parametrize("option", ["--members", "--neurons", "--threads"])
+def test_a_zero_count_is_refused_not_replaced_by_the_default(tmp_path, option):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "serving.py"), "--quick", option, "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and f"{option}: 0; expected >= 1" in done.stderr, done.stderr[-2000:]
