@@ -59,13 +59,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate import device_info, machine, positive_or, write_json
+from simulate import device_info, machine, positive_or
 
 from training.distributed import launch
 from training.models import CoreConfig, ModelConfig, get_config
 from training.run import evaluate, load_tensors, train_run
 from training.trainer import TrainConfig
 from twin import metrics
+from twin.atomic import write_json
 from twin.data import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +204,7 @@ def train_members(
         raise ValueError(f"train config: {changed} differ from their defaults; `twin train` cannot set them")
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = out.parent / f"{out.name}-model.json"
-    spec.write_text(json.dumps(model.to_dict()))
+    write_json(spec, model.to_dict())
     # `twin train --nproc`'s launcher: interrupted, it stops torchrun and its workers before returning.
     launch(
         min(nproc, members),

@@ -149,6 +149,7 @@ def train_bench_run(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     """A run of `args.members` members trained for `args.epochs` epochs; every member kept."""
     from training.run import train_run
     from training.trainer import TrainConfig
+    from twin.atomic import write_json
 
     start = time.perf_counter()
     data = simulate_recording(args.neurons, work / "sim", args.quick)
@@ -168,9 +169,7 @@ def train_bench_run(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     selection = run / "selection.json"
     greedy = json.loads(selection.read_text())["selected"] if selection.is_file() else None
     # The bench measures an ensemble of --members: serve every member, whatever greedy selection kept.
-    tmp = selection.with_name(".selection.json.tmp")
-    tmp.write_text(json.dumps({"selected": list(range(args.members))}) + "\n")
-    os.replace(tmp, selection)
+    write_json(selection, {"selected": list(range(args.members))})
     info = {
         "source": "trained by the bench",
         "greedy_selection": greedy,
@@ -912,8 +911,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))  # before twin reads it
     import torch
 
-    from bench.simulate import machine, write_json
+    from bench.simulate import machine
     from twin.artifact import load
+    from twin.atomic import write_json
 
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {}

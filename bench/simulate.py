@@ -13,7 +13,6 @@ Prints a table and writes bench/results/simulate-<preset>-<machine>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from twin.atomic import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,14 +48,6 @@ def positive_or(parser: argparse.ArgumentParser, option: str, value: int | None,
     if value < 1:
         parser.error(f"{option}: {value}; expected >= 1")
     return value
-
-
-def write_json(path: Path, result: dict) -> None:
-    """A results file, written atomically: a run killed while writing keeps the previous version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def machine() -> dict:

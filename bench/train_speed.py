@@ -358,7 +358,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="twin-train-speed-"))
     os.environ.setdefault("TWIN_CACHE_DIR", str(work / "cache"))  # before twin reads it
     warnings.filterwarnings("ignore", category=UserWarning, module="neuralpredictors")
-    from bench.simulate import device_info, machine, write_json
+    from bench.simulate import device_info, machine
+    from twin.atomic import write_json
 
     try:
         data_root = args.data or simulate(args.preset, work / args.preset)

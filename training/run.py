@@ -25,6 +25,7 @@ from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import ModelConfig, RecordingShape, build, get_config
 from training.trainer import BEST, TrainConfig, predict, train
 from twin import metrics
+from twin.atomic import write_json
 from twin.data import find_held_out, load_held_out, load_recording, restore
 from twin.errors import FormatError, InvalidInput
 
@@ -224,7 +225,7 @@ def train_run(
             "members": members,
             "init_from": None if init_from is None else str(init_from),
         }
-        _write_json(run / "run.json", description)
+        write_json(run / "run.json", description)
     for i in range(rank, members, world):
         own = member_data(data, i, members, config.seed)
         torch.manual_seed(config.seed + i)
@@ -243,7 +244,7 @@ def train_run(
             resume=resume,
             progress=progress,
         )
-        _write_json(
+        write_json(
             folder / "training.json",
             {
                 "best_epoch": outcome.best_epoch,
@@ -257,7 +258,7 @@ def train_run(
     if rank != 0:
         return {}
     summary = _select_and_score(run, paths, data, members)
-    _write_json(run / "metrics.json", summary)
+    write_json(run / "metrics.json", summary)
     return summary
 
 
@@ -277,8 +278,8 @@ def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], membe
     for i in range(members):
         folder = run / "members" / f"member-{i}"
         info = json.loads((folder / "training.json").read_text())
-        _write_json(folder / "metrics.json", {**info, "validation_correlation": member_scores[f"member-{i}"]})
-    _write_json(run / "selection.json", {"selected": selected})
+        write_json(folder / "metrics.json", {**info, "validation_correlation": member_scores[f"member-{i}"]})
+    write_json(run / "selection.json", {"selected": selected})
     test: dict = {}
     for key, d in load_tensors(paths, with_held_out=True).items():
         if "test" not in d.tiers or not torch.any(d.responses[d.indices("test")] != 0):
@@ -354,10 +355,3 @@ def evaluate(
             "mean_member_std": float(spread.mean()),
         }
     return out
-
-
-def _write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)

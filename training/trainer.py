@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from training.data import RecordingTensors, batches
 from twin import metrics
+from twin.atomic import replacing, write_text
 from twin.errors import InvalidInput
 
 __all__ = ["TrainConfig", "TrainResult", "predict", "train", "validation_correlation"]
@@ -138,9 +139,8 @@ def validation_correlation(
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state() -> dict:
@@ -309,14 +309,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if "lr_decay" in h:
             for ax in axes:
                 ax.axvline(h["epoch"], color="0.8", lw=0.8, zorder=0)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:  # keeps the .png suffix savefig goes by
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _rewrite_log(path: Path, history: list[dict]) -> None:
     """The log holds exactly the epochs of the checkpoint (a resumed run drops the interrupted epoch)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(h) + "\n" for h in history))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from twin.atomic import write_json
 
 __all__ = ["format_scores", "main", "query", "run", "serve", "serve_and_query", "train_small_ensemble"]
 
@@ -49,7 +50,7 @@ def train_small_ensemble(sim: Path, runs: Path, members: int, epochs: int, say: 
     model = replace(base, name="cnn-small", core=replace(base.core, channels=16, layers=3, hidden_kernel=5))
     config = runs / "cnn-small.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(model.to_dict(), indent=1))
+    write_json(config, model.to_dict())
     run = runs / "cnn-small"
     args: list[str | int | os.PathLike[str]] = [
         "--data",
