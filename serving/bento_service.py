@@ -585,26 +585,18 @@ class TwinHTTP:
     @bentoml.api(route="/models")
     async def models(self) -> dict[str, Any]:
         """Every model: its serving version, each version's state, the serving version's data keys."""
-        listing = []
-        for status in self.repository.models():
-            data_keys: list[str] = []
-            if status.serving_version is not None:
-                try:
-                    with self.repository.acquire(status.name, status.serving_version) as lease:
-                        data_keys = list(lease.artifact.data_keys)
-                except TwinError:
-                    pass  # retired since the status was taken
-            listing.append(
-                {
-                    "name": status.name,
-                    "serving_version": status.serving_version,
-                    "versions": [
-                        {"version": v.version, "state": v.state, "serving": v.serving, "error": v.error}
-                        for v in status.versions
-                    ],
-                    "data_keys": data_keys,
-                }
-            )
+        listing = [
+            {
+                "name": status.name,
+                "serving_version": status.serving_version,
+                "versions": [
+                    {"version": v.version, "state": v.state, "serving": v.serving, "error": v.error}
+                    for v in status.versions
+                ],
+                "data_keys": self.repository.serving_data_keys(status),
+            }
+            for status in self.repository.models()
+        ]
         return {"models": listing}
 
     @bentoml.api(route="/model_info")

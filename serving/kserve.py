@@ -61,16 +61,8 @@ def split_model_name(name: str, models: list[str]) -> tuple[str, str]:
 
 def kserve_models(runtime: Runtime) -> list[str]:
     """The KServe model names of every serving version: "<model>.<data_key>"."""
-    names = []
-    for status in runtime.repository.models():
-        if status.serving_version is None:
-            continue
-        try:
-            with runtime.repository.acquire(status.name, status.serving_version) as lease:
-                names += [f"{status.name}.{key}" for key in lease.artifact.data_keys]
-        except TwinError:
-            continue
-    return names
+    repository = runtime.repository
+    return [f"{s.name}.{key}" for s in repository.models() for key in repository.serving_data_keys(s)]
 
 
 class KServeServicer(pb2_grpc.GRPCInferenceServiceServicer):

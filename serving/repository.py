@@ -326,6 +326,16 @@ class ModelRepository:
                 )
             return self._model_status(name)
 
+    def serving_data_keys(self, status: ModelStatus) -> list[str]:
+        """The data keys of `status`'s serving version: [] when none serves or it was retired since."""
+        if status.serving_version is None:
+            return []
+        try:
+            with self.acquire(status.name, status.serving_version) as lease:
+                return list(lease.artifact.data_keys)
+        except TwinError:
+            return []
+
     def _model_status(self, name: str) -> ModelStatus:
         entries = sorted((e for e in self._entries.values() if e.model == name), key=lambda e: e.version)
         versions = [self._status(e) for e in entries]

@@ -19,7 +19,6 @@ from serving.repository import FAILED, LOADING, READY, UNLOADING, ModelRepositor
 from serving.runtime import Runtime, within_deadline
 from serving.tensors import FLOAT_DTYPES, IMAGE_DTYPES, optional_tensor, to_tensor
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
-from twin.errors import TwinError
 
 __all__ = ["TwinServicer", "version_status"]
 
@@ -122,18 +121,11 @@ class TwinServicer(twin_pb2_grpc.TwinServicer):
     # ----- models -----
 
     def _summary(self, status: ModelStatus) -> twin_pb2.ModelSummary:
-        data_keys: list[str] = []
-        if status.serving_version is not None:
-            try:
-                with self.repository.acquire(status.name, status.serving_version) as lease:
-                    data_keys = list(lease.artifact.data_keys)
-            except TwinError:
-                pass  # retired since the status was taken
         return twin_pb2.ModelSummary(
             name=status.name,
             serving_version=status.serving_version or 0,
             versions=[version_status(v) for v in status.versions],
-            data_keys=data_keys,
+            data_keys=self.repository.serving_data_keys(status),
         )
 
     def summaries(self) -> list[twin_pb2.ModelSummary]:

@@ -21,6 +21,7 @@ class JsonModel:
     def __init__(self, path: Path, manifest: dict):
         self.path = path
         self.manifest = manifest
+        self.data_keys = manifest.get("data_keys", [])
         self.closed = False
         self.in_use = 0
         self.lock = threading.Lock()
@@ -205,6 +206,21 @@ def test_a_model_with_no_ready_version_is_not_ready(tmp_path):
         ModelNotReady, match=r"model 'gamma': no version is ready \(version 1: FormatError: .*answer"
     ):
         repo.acquire("gamma")
+
+
+def test_serving_data_keys_name_the_serving_version_s_keys_or_none(tmp_path):
+    for version in (1, 2):
+        keys = [f"9000{version}-1-1", "90009-1-1"]
+        write_version(tmp_path, "alpha", version, json.dumps({"answer": version, "data_keys": keys}))
+    write_version(tmp_path, "gamma", 1, content="{}")  # fails to load: no version serves
+    repo = ModelRepository(tmp_path, Loader())
+    repo.reload()
+    statuses = {s.name: s for s in repo.models()}
+    assert repo.serving_data_keys(statuses["alpha"]) == ["90002-1-1", "90009-1-1"]
+    assert repo.serving_data_keys(statuses["gamma"]) == []
+    shutil.rmtree(tmp_path / "alpha")
+    repo.reload()  # the listed status now names a retired version
+    assert repo.serving_data_keys(statuses["alpha"]) == []
 
 
 def test_bad_arguments(tmp_path):
