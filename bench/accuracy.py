@@ -178,6 +178,9 @@ def run_ours(
         "members_mean": {
             k: float(np.mean([_scores(m)[k] for m in own.values()])) for k in _scores(own[next(iter(own))])
         },
+        # each member alone: their spread (seeds and early-stopping splits) is the noise a row difference
+        # has to exceed
+        "members": {name: _scores(m) for name, m in own.items()},
     }
 
 
@@ -273,19 +276,19 @@ def core_changes(text: str) -> dict[str, object]:
 
 def _ablations(
     width: int | None, twin_core: dict[str, object]
-) -> dict[str, dict[str, tuple[ModelConfig, float, bool]]]:
-    """Rows: twin minus one ingredient -> {track: (model config, correlation weight, pre-train)}."""
+) -> dict[str, dict[str, tuple[ModelConfig, bool]]]:
+    """Rows: twin minus one ingredient -> {track: (model config, pre-train)}."""
     full = {
         "sensorium": model_config("twin", width, core=twin_core),
         "sensorium+": model_config("twin_behavior", width, core=twin_core),
     }
     baseline_core = {"kind": "cnn", "hidden_kernel": 7, "depthwise": True, "dropout": 0.0, "residual": False}
-    rows: dict[str, dict[str, tuple[ModelConfig, float, bool]]] = {
-        "- pre-training": {t: (c, 1.0, False) for t, c in full.items()},
-        "- correlation loss": {t: (c, 0.0, True) for t, c in full.items()},
-        "- dropout": {t: (replace(c, core=replace(c.core, dropout=0.0)), 1.0, True) for t, c in full.items()},
+    rows: dict[str, dict[str, tuple[ModelConfig, bool]]] = {
+        "- pre-training": {t: (c, False) for t, c in full.items()},
+        "- correlation loss": {t: (replace(c, correlation_weight=0.0), True) for t, c in full.items()},
+        "- dropout": {t: (replace(c, core=replace(c.core, dropout=0.0)), True) for t, c in full.items()},
         "- residual core": {
-            t: (replace(c, core=replace(c.core, **baseline_core)), 1.0, True) for t, c in full.items()
+            t: (replace(c, core=replace(c.core, **baseline_core)), True) for t, c in full.items()
         },
         "- extra input channels": {
             t: (
@@ -295,15 +298,14 @@ def _ablations(
                     input_centered=False,
                     core=replace(c.core, in_channels=c.core.in_channels - 3),
                 ),
-                1.0,
                 True,
             )
             for t, c in full.items()
         },
     }
     behavior = full["sensorium+"]
-    rows["- modulator"] = {"sensorium+": (replace(behavior, modulator=False), 1.0, True)}
-    rows["- shifter"] = {"sensorium+": (replace(behavior, shifter=False), 1.0, True)}
+    rows["- modulator"] = {"sensorium+": (replace(behavior, modulator=False), True)}
+    rows["- shifter"] = {"sensorium+": (replace(behavior, shifter=False), True)}
     return rows
 
 
@@ -373,7 +375,6 @@ def main() -> None:
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
     config = TrainConfig(max_epochs=epochs, batch_size=batch_size, device=args.device, amp=args.amp, seed=0)
-    twin_config = replace(config, correlation_weight=1.0)
     target = {track: roles[role]["path"] for track, role in TRACKS.items()}
     # Pre-train (the image-only counterpart of the track's model) on every recording, when there is
     # more than the target.
@@ -400,14 +401,14 @@ def main() -> None:
             "sensorium": (
                 model_config("twin", width, core=twin_core),
                 [target["sensorium"]],
-                twin_config,
+                config,
                 n,
                 pretrain,
             ),
             "sensorium+": (
                 model_config("twin_behavior", width, core=twin_core),
                 [target["sensorium+"]],
-                twin_config,
+                config,
                 n,
                 pretrain,
             ),
@@ -418,11 +419,11 @@ def main() -> None:
                 track: (
                     model,
                     [target[track]] if pre else usable[track],
-                    replace(config, correlation_weight=weight),
+                    config,
                     1,
                     pretrain if pre else None,
                 )
-                for track, (model, weight, pre) in tracks.items()
+                for track, (model, pre) in tracks.items()
             }
     chosen_rows = set(args.rows.split(","))
     tracks = set(args.tracks.split(","))

@@ -210,6 +210,8 @@ def train_run(
         raise InvalidInput(f"members: {members}; expected >= 1")
     config = config or TrainConfig()
     model_config = resolve_model(model)
+    if config.correlation_weight is None:  # run.json states the loss the members train with
+        config = replace(config, correlation_weight=model_config.correlation_weight)
     run = Path(out)
     data = load_tensors(paths)
     _check_track(model_config, data)

@@ -51,7 +51,8 @@ class TrainConfig:
     min_lr: float = 1e-4
     tolerance: float = 1e-6
     scale_loss: bool = True
-    correlation_weight: float = 0.0  # > 0: Poisson + weight * (1 - correlation), as SENSORIUM winners did
+    # Poisson + weight * (1 - correlation), as SENSORIUM winners did; None: the model config's weight
+    correlation_weight: float | None = None
     seed: int = 0
     device: str = "cpu"
     amp: bool = False  # bf16 autocast of the forward pass (CUDA, or a CPU with bf16 kernels)
@@ -64,7 +65,7 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "patience", "lr_decay_steps"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
-        if self.correlation_weight < 0:
+        if self.correlation_weight is not None and not self.correlation_weight >= 0:
             raise InvalidInput(f"correlation_weight: {self.correlation_weight}; expected >= 0")
         if not self.device.startswith(("cpu", "cuda")):
             raise InvalidInput(f"device: {self.device!r}; expected cpu, cuda or cuda:<index>")
@@ -98,8 +99,19 @@ def _forward(model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor]) -
     return model(batch["images"], key, behavior=batch["behavior"], pupil_center=batch["pupil_center"])
 
 
+def loss_correlation_weight(model: torch.nn.Module, config: TrainConfig) -> float:
+    """The weight of (1 - correlation) in the loss: the training config's when set, else the model's."""
+    if config.correlation_weight is not None:
+        return config.correlation_weight
+    return float(getattr(getattr(model, "config", None), "correlation_weight", 0.0))
+
+
 def _loss(
-    model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor], config: TrainConfig
+    model: torch.nn.Module,
+    key: str,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+    correlation_weight: float,
 ) -> torch.Tensor:
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.amp):
@@ -107,8 +119,8 @@ def _loss(
             batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
         predictions = _forward(model, key, batch).float()
     loss = poisson_loss(predictions, batch["responses"])
-    if config.correlation_weight > 0:
-        loss = loss + config.correlation_weight * correlation_loss(predictions, batch["responses"])
+    if correlation_weight > 0:
+        loss = loss + correlation_weight * correlation_loss(predictions, batch["responses"])
     return loss
 
 
@@ -186,6 +198,7 @@ def train(
     # Fused Adam: every parameter in one kernel instead of several per tensor (on a GPU, fewer launches);
     # the same update as the default to float rounding, on the CPU too, so one code path is tested.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    weight = loss_correlation_weight(model, config)
     state = {"epoch": 0, "round": 0, "bad_epochs": 0, "best": -np.inf, "best_epoch": 0, "history": []}
     best_weights = copy.deepcopy(model.state_dict())
     if resume and (run / CHECKPOINT).is_file():
@@ -215,7 +228,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             for key, idx in step:
                 batch = data[key].batch(idx)
-                loss = scale[key] * _loss(model, key, batch, config) + model.regularizer(key)
+                loss = scale[key] * _loss(model, key, batch, config, weight) + model.regularizer(key)
                 loss.backward()
                 total += loss.detach().double()
             optimizer.step()

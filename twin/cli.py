@@ -207,9 +207,9 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--correlation-weight",
     type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Add weight x (1 - correlation) to the Poisson loss.",
+    default=None,
+    help="Add weight x (1 - correlation) to the Poisson loss.  [default: the model's: 1 for twin and "
+    "twin_behavior, 0 for the baselines]",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")

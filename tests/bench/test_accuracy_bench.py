@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import processes_naming
@@ -49,6 +50,9 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
     single = table["twin (1 model)"]["sensorium+"]
     assert single["from"] == "mean of the 2 members' own scores"
     assert single == {**ensemble["members_mean"], "from": single["from"]}
+    assert set(ensemble["members"]) == {"member-0", "member-1"}  # each member's own scores, for their spread
+    for metric, mean in ensemble["members_mean"].items():
+        assert mean == pytest.approx(np.mean([m[metric] for m in ensemble["members"].values()]))
     for row in ("CNN (ours)", "twin ensemble (2)"):
         scores = table[row]["sensorium+"]
         assert -1 <= scores["single_trial_correlation"] <= 1 and -1 <= scores["correlation_to_average"] <= 1
@@ -73,8 +77,11 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
     runs = sorted((work / "runs").glob("twin*/run.json"))
     assert len(runs) == 3  # the pre-training and one fine-tuning per track
     for run in runs:
-        core = json.loads(run.read_text())["model"]["core"]
+        description = json.loads(run.read_text())
+        core = description["model"]["core"]
         assert core["channels"] == 8 and core["dropout"] == 0.2
+        # the twin models' own loss, Poisson + 1 x (1 - correlation), reached the members' training
+        assert description["model"]["correlation_weight"] == description["train"]["correlation_weight"] == 1.0
 
 
 @pytest.mark.slow

@@ -427,6 +427,10 @@ def test_config_round_trip(name):
             lambda: ModelConfig(name="x", core=CoreConfig(), readout=ReadoutConfig(), image_shape=(36,)),
             "image_shape",
         ),
+        (
+            lambda: ModelConfig(name="x", core=CoreConfig(), readout=ReadoutConfig(), correlation_weight=-1),
+            "correlation_weight",
+        ),
         (lambda: ModelConfig.from_dict({**get_config("cnn").to_dict(), "colour": True}), "colour"),
         (lambda: ModelConfig.from_dict({**get_config("cnn").to_dict(), "core": {"chanels": 3}}), "chanels"),
     ],
@@ -434,6 +438,43 @@ def test_config_round_trip(name):
 def test_invalid_configs_name_the_field(make, field):
     with pytest.raises(InvalidInput, match=field):
         make()
+
+
+def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation_weight():
+    """twin and twin_behavior train with the winners' Poisson + (1 - correlation) loss by default."""
+    from training.trainer import TrainConfig, _loss, correlation_loss, loss_correlation_weight, poisson_loss
+
+    assert {name: get_config(name).correlation_weight for name in available()} == {
+        "ln": 0.0,
+        "cnn": 0.0,
+        "cnn_behavior": 0.0,
+        "twin": 1.0,
+        "twin_behavior": 1.0,
+    }
+    stored = get_config("cnn").to_dict()
+    del stored["correlation_weight"]  # a run stored before the field existed keeps its Poisson loss
+    assert ModelConfig.from_dict(stored).correlation_weight == 0.0
+    torch.manual_seed(0)
+    key = next(iter(KEYS))
+    batch = {**inputs(8), "responses": torch.rand(8, KEYS[key]) * 3}
+    for name, override, expected in (
+        ("twin", None, 1.0),
+        ("cnn", None, 0.0),
+        ("twin", 0.0, 0.0),
+        ("cnn", 0.5, 0.5),
+    ):
+        model = build(small(name), recordings()).eval()  # eval: the same prediction on every call
+        config = TrainConfig(correlation_weight=override, channels_last=False)
+        assert loss_correlation_weight(model, config) == expected
+        with torch.no_grad():
+            prediction = run(model, key, batch)
+            want = poisson_loss(prediction, batch["responses"])
+            want = want + expected * correlation_loss(prediction, batch["responses"])
+            got = _loss(model, key, batch, config, loss_correlation_weight(model, config))
+        torch.testing.assert_close(got, want)
+        assert float(correlation_loss(prediction, batch["responses"])) > 1  # the term is not negligible
+    with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected >= 0"):
+        TrainConfig(correlation_weight=-0.5)
 
 
 def test_registry_refuses_duplicates_and_unknown_names(monkeypatch):

@@ -144,6 +144,8 @@ class ModelConfig:
     modulator: a per-recording MLP behaviour (3) -> modulator_hidden -> one gain per neuron multiplies
     the predicted rate (the winners' modulator, from behaviour only: our trials carry no time order).
     image_shape: (H, W) of the images the model takes (the baseline's 36 x 64).
+    correlation_weight: its loss, Poisson + correlation_weight * (1 - per-neuron correlation over the
+    batch) (the winners' loss; 0: the baselines' Poisson loss alone). A training config may override it.
     """
 
     name: str
@@ -156,6 +158,7 @@ class ModelConfig:
     input_gradients: bool = False
     input_centered: bool = False
     modulator_hidden: int = 16
+    correlation_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -167,6 +170,7 @@ class ModelConfig:
         for name in ("behavior_channels", "shifter", "modulator", "input_gradients", "input_centered"):
             _check_bool(self, name)
         _check_int(self, "modulator_hidden", 1)
+        _check_float(self, "correlation_weight", 0.0, float("inf"))
         shape = self.image_shape
         if (
             not isinstance(shape, tuple | list)

@@ -107,7 +107,12 @@ def _twin_core(in_channels: int) -> CoreConfig:
 def twin() -> ModelConfig:
     """Our SENSORIUM (image-only) model: resnet core fed the image, a centred copy and Sobel gradients."""
     return ModelConfig(
-        name="twin", core=_twin_core(4), readout=ReadoutConfig(), input_gradients=True, input_centered=True
+        name="twin",
+        core=_twin_core(4),
+        readout=ReadoutConfig(),
+        input_gradients=True,
+        input_centered=True,
+        correlation_weight=1.0,
     )
 
 
@@ -123,4 +128,5 @@ def twin_behavior() -> ModelConfig:
         behavior_channels=True,
         shifter=True,
         modulator=True,
+        correlation_weight=1.0,
     )
