@@ -8,7 +8,8 @@
 # Settings (environment):
 #   INSTALL=0        the environment already has the project's dependencies (default: pip install them;
 #                    torch is left as it is)
-#   STEPS="..."      which of train_speed accuracy serving to run (default: all three)
+#   STEPS="..."      which of train_speed accuracy ablation serving to run (default: train_speed accuracy
+#                    serving; `ablation` is the twin rows without one ingredient each, on `small`)
 #   RESULTS=DIR      where results and logs go (default bench/results)
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
@@ -73,7 +74,7 @@ if [[ ${MPS:-0} == 1 ]] && command -v nvidia-cuda-mps-control > /dev/null; then
         echo "CUDA MPS: could not start; going on without it"
     fi
 fi
-if wants train_speed || wants accuracy; then
+if wants train_speed || wants accuracy || wants ablation; then
     run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
 # 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
@@ -86,6 +87,12 @@ fi
 if wants accuracy; then
     run accuracy "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --single-from-ensemble --data "$data" \
         --out "$RESULTS/accuracy-small-$gpu.json"
+fi
+# 2b. What each of twin's ingredients buys on `small`: one model per row, each without one ingredient,
+#     beside the full ensemble (whose members' spread is the noise a difference has to exceed).
+if wants ablation; then
+    run ablation "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --rows twin,ensemble --ablation \
+        --single-from-ensemble --data "$data" --out "$RESULTS/accuracy-small-ablation-$gpu.json"
 fi
 # 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
 if wants serving; then
