@@ -216,17 +216,19 @@ def train_run(
     data = load_tensors(paths)
     _check_track(model_config, data)
     rank, world = _rank()
+    description = {
+        "model": model_config.to_dict(),
+        "train": asdict(config),
+        "recordings": {k: str(p) for k, p in zip(data, paths, strict=True)},
+        "preprocessing": {k: d.preprocessing.to_dict() for k, d in data.items()},
+        "coordinates": {k: d.coordinates.tolist() for k, d in data.items()},
+        "members": members,
+        "init_from": None if init_from is None else str(init_from),
+    }
+    if resume:
+        _check_resumable(run, description)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        description = {
-            "model": model_config.to_dict(),
-            "train": asdict(config),
-            "recordings": {k: str(p) for k, p in zip(data, paths, strict=True)},
-            "preprocessing": {k: d.preprocessing.to_dict() for k, d in data.items()},
-            "coordinates": {k: d.coordinates.tolist() for k, d in data.items()},
-            "members": members,
-            "init_from": None if init_from is None else str(init_from),
-        }
         write_json(run / "run.json", description)
     for i in range(rank, members, world):
         own = member_data(data, i, members, config.seed)
@@ -262,6 +264,55 @@ def train_run(
     summary = _select_and_score(run, paths, data, members)
     write_json(run / "metrics.json", summary)
     return summary
+
+
+# What may differ when a run resumes: where and how fast it runs, and how long it may go on.
+RESUME_MAY_CHANGE = ("device", "amp", "channels_last", "max_epochs")
+
+
+def _check_resumable(run: Path, description: dict) -> None:
+    """`resume` continues a run as it was started: refuse another model, recipe, members or recordings."""
+    stored_file = run / "run.json"
+    if not stored_file.is_file():
+        return  # nothing was started there: a fresh run
+    stored = json.loads(stored_file.read_text())
+
+    def settings(d: dict) -> dict[str, object]:
+        return _flat(
+            {
+                "model": ModelConfig.from_dict(d["model"]).to_dict(),  # fields added since: their defaults
+                "train": {k: v for k, v in d["train"].items() if k not in RESUME_MAY_CHANGE},
+                "members": d["members"],
+                "data keys": sorted(d["recordings"]),
+                "init_from": d.get("init_from"),
+            }
+        )
+
+    was, now = (
+        settings({**stored, "train": {**asdict(TrainConfig()), **stored["train"]}}),
+        settings(description),
+    )
+    differ = [
+        f"{name}: was {was.get(name)!r}, now {value!r}"
+        for name, value in now.items()
+        if was.get(name) != value
+    ]
+    if differ:
+        raise InvalidInput(
+            f"resume: {run} was started with other settings ({'; '.join(differ)}); expected the same to "
+            f"resume it (only {', '.join(RESUME_MAY_CHANGE)} may change), or a new --out"
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as one level of dotted names: {"model.core.channels": 64, ...}."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], members: int) -> dict:

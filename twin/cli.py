@@ -233,7 +233,12 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     default=None,
     help="Fine-tune: start every member from this run's weights (e.g. a core pre-trained on all recordings).",
 )
-@click.option("--resume", is_flag=True, help="Continue each member from its last checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue each member from its last checkpoint, with the settings the run started with "
+    "(only --device, --amp, --channels-last and --epochs may change).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(
     data,

@@ -150,6 +150,67 @@ def test_a_killed_training_run_resumes_where_it_stopped(tiny_paths, small_cnn, t
     np.testing.assert_allclose(history(tmp_path / "killed"), history(tmp_path / "whole"), rtol=1e-5)
 
 
+def test_the_recipe_decays_the_lr_from_the_best_weights_then_stops(tiny_paths, small_cnn, tmp_path):
+    """Patience 1, 2 decays, and a tolerance no epoch can beat: epoch 1 is the best, epochs 2 and 3 each
+    decay the learning rate (x 0.3) and go back to epoch 1's weights, and training stops after epoch 3."""
+    import torch
+
+    config = replace(FAST, max_epochs=10, patience=1, lr_decay_steps=2, tolerance=10.0)
+    train_run([tiny_paths["90002-1-1"]], small_cnn, tmp_path / "run", config=config, progress=False)
+    member = tmp_path / "run" / "members" / "member-0"
+    log = [json.loads(line) for line in (member / "log.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["improved"], e.get("lr_decay")) for e in log] == [
+        (1, True, None),
+        (2, False, 1),
+        (3, False, 2),
+    ]
+    assert [e["lr"] for e in log] == pytest.approx([0.009, 0.009, 0.009 * 0.3])
+    best = torch.load(member / "best.pt", weights_only=False)
+    last = torch.load(member / "checkpoint.pt", weights_only=False)
+    assert best["epoch"] == 1 and last["state"]["epoch"] == 3
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.009 * 0.3 * 0.3)
+    for name, value in best["model"].items():  # the last decay restored epoch 1's weights
+        torch.testing.assert_close(last["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):
+    one_epoch = replace(FAST, max_epochs=1)
+    paths = [tiny_paths["90002-1-1"]]
+    train_run(paths, small_cnn, tmp_path / "run", config=one_epoch, progress=False)
+    member = tmp_path / "run" / "members" / "member-0"
+    before = (member / "checkpoint.pt").read_bytes()
+    refused = [
+        ({"config": replace(one_epoch, lr=0.001)}, r"train\.lr: was 0\.009, now 0\.001"),
+        (
+            {"config": replace(one_epoch, correlation_weight=1.0)},
+            r"train\.correlation_weight: was 0\.0, now 1\.0",
+        ),
+        ({"members": 2}, "members: was 1, now 2"),
+        ({"model": "cnn_behavior"}, r"model\.core\.in_channels: was 1, now 4"),
+        ({"paths": [*paths, tiny_paths["90001-1-1"]]}, r"data keys: was \['90002-1-1'\]"),
+    ]
+    for change, message in refused:
+        model = change.get("model", small_cnn)
+        kwargs = {"config": one_epoch, "members": 1} | {
+            k: v for k, v in change.items() if k in ("config", "members")
+        }
+        with pytest.raises(InvalidInput, match=f"resume: .* was started with other settings .*{message}"):
+            train_run(
+                change.get("paths", paths), model, tmp_path / "run", resume=True, progress=False, **kwargs
+            )
+    assert (member / "checkpoint.pt").read_bytes() == before  # refused before anything was touched
+    # where it runs and how long it may go on can change: 1 more epoch from the checkpoint
+    train_run(
+        paths,
+        small_cnn,
+        tmp_path / "run",
+        config=replace(one_epoch, max_epochs=2),
+        resume=True,
+        progress=False,
+    )
+    assert len((member / "log.jsonl").read_text().splitlines()) == 2
+
+
 def test_bad_input_is_refused_before_training(tiny_paths, small_cnn, tmp_path):
     with pytest.raises(InvalidInput, match="zeroed"):
         train_run([tiny_paths["90001-1-1"]], "cnn_behavior", tmp_path / "a", config=FAST, progress=False)
