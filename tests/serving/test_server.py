@@ -359,6 +359,27 @@ def test_health_reports_serving_for_the_server_and_each_service(server):
     assert probe(server.address, "no.such.Service") == "UNKNOWN_SERVICE"
 
 
+def test_twin_health_exits_0_only_when_serving(server):
+    """`twin health` as the container's HEALTHCHECK runs it: its status on stdout, exit 0 when SERVING."""
+    import socket
+
+    def health(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "twin.cli", "health", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{unused.getsockname()[1]}"
+    for args, code, status in (
+        ([server.address], 0, "SERVING"),
+        ([server.address, "--service", "twin.v1.Twin"], 0, "SERVING"),
+        ([server.address, "--service", "no.such.Service"], 1, "UNKNOWN_SERVICE"),
+        ([closed, "--timeout", "0.5"], 1, "UNREACHABLE"),
+    ):
+        done = health(*args)
+        assert (done.returncode, done.stdout.strip()) == (code, status), (args, done.stderr)
+
+
 def test_reflection_lists_the_services_and_describes_them(server):
     with grpc.insecure_channel(server.address) as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -109,6 +109,26 @@ def test_evaluate_scores_the_held_out_test_tier(trained, tiny_paths):
     assert 0.05 < scores["single_trial_correlation"] < scores["correlation_to_average"] < 1
 
 
+def test_twin_evaluate_prints_the_three_metrics(trained, tiny_paths):
+    from click.testing import CliRunner
+
+    from twin.cli import cli
+
+    data = str(tiny_paths["90002-1-1"])
+    scores = evaluate(trained, [tiny_paths["90002-1-1"]], "test")["90002-1-1"]
+    table = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--tier", "test"])
+    assert table.exit_code == 0, table.output
+    header, row = table.output.strip().splitlines()
+    assert header.split() == ["data", "key", "tier", "single-trial", "to", "average", "FEVE"]
+    values = [f"{scores[k]:.3f}" for k in ("single_trial_correlation", "correlation_to_average", "feve")]
+    assert row.split() == ["90002-1-1", "test", *values]
+    as_json = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["90002-1-1"] == pytest.approx(scores)
+    refused = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--tier", "train2"])
+    assert refused.exit_code != 0 and "tier" in refused.output
+
+
 def test_a_killed_training_run_resumes_where_it_stopped(tiny_paths, small_cnn, tmp_path):
     args = [
         sys.executable,
