@@ -395,6 +395,34 @@ def export_artifact(
 
 @cli.command()
 @click.argument("address")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True)
+def reload(address: str, timeout: float) -> None:
+    """Make the server at ADDRESS (host:port) re-scan its repository now; print what changed.
+
+    New version folders load, removed ones unload (their running requests finish). Exit 1 when a version
+    failed to load (the serving version stays in place) or the server cannot be reached.
+    """
+    from twin.client import TwinClient
+    from twin.errors import TwinError
+
+    try:
+        with TwinClient(address, timeout=timeout) as client:
+            report = client.reload()
+    except TwinError as exc:
+        raise click.ClickException(f"reload: {exc}") from None
+    for outcome in ("loaded", "unloaded"):
+        for model, version in report[outcome]:
+            click.echo(f"{outcome} {model} version {version}")
+    for model, version, error in report["failed"]:
+        click.echo(f"failed {model} version {version}: {error}")
+    if not any(report.values()):
+        click.echo("no change")
+    if report["failed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("address")
 @click.option("--service", default="", help="A service name; the whole server by default.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
 def health(address: str, service: str, timeout: float) -> None:

@@ -499,14 +499,16 @@ class TwinClient:
             }
         return result
 
-    def reload(self) -> dict[str, list[tuple[str, int]]]:
-        """Ask the server to re-scan its repository now; (model, version) pairs loaded, failed, unloaded."""
+    def reload(self) -> dict[str, list[tuple]]:
+        """Ask the server to re-scan its repository now: {"loaded": [(model, version)], "unloaded": [...],
+        "failed": [(model, version, error)]} (a failed version leaves the serving one in place)."""
         reply = self._call("Reload", twin_pb2.ReloadRequest())
         with self._lock:
             self._info = None
         return {
-            outcome: [(v.model, int(v.version)) for v in getattr(reply, outcome)]
-            for outcome in ("loaded", "failed", "unloaded")
+            "loaded": [(v.model, int(v.version)) for v in reply.loaded],
+            "failed": [(v.model, int(v.version), v.error) for v in reply.failed],
+            "unloaded": [(v.model, int(v.version)) for v in reply.unloaded],
         }
 
     def close(self) -> None:

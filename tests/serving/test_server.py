@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from twin._proto.inference import grpc_predict_v2_pb2 as kserve_pb2
 from twin._proto.inference import grpc_predict_v2_pb2_grpc as kserve_grpc
 from twin._proto.twin.v1 import twin_pb2 as pb
 from twin._proto.twin.v1 import twin_pb2_grpc
+from twin.client import TwinClient
 from twin.data import find_held_out, load_held_out, load_recording, restore
 from twin.errors import FormatError, InvalidInput
 
@@ -361,7 +363,6 @@ def test_health_reports_serving_for_the_server_and_each_service(server):
 
 def test_twin_health_exits_0_only_when_serving(server):
     """`twin health` as the container's HEALTHCHECK runs it: its status on stdout, exit 0 when SERVING."""
-    import socket
 
     def health(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "twin.cli", "health", *args]
@@ -571,6 +572,35 @@ def test_reload_swaps_versions_while_requests_finish_on_the_old_one(model_dir, t
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Predict(_predict_request(pair, version=4))
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_twin_reload_loads_reports_failures_and_exits_1_for_them(model_dir, tiny_artifact):
+    from click.testing import CliRunner
+
+    from twin.cli import cli
+
+    with start(model_dir.parent, threads=1, poll_interval_s=None) as running:
+        runner = CliRunner()
+        done = runner.invoke(cli, ["reload", running.address])
+        assert (done.exit_code, done.output) == (0, "no change\n")
+        _copy_version(tiny_artifact, model_dir, 2)
+        shutil.rmtree(model_dir / "1")
+        done = runner.invoke(cli, ["reload", running.address])
+        assert done.exit_code == 0, done.output
+        assert done.output.splitlines() == [f"loaded {MODEL} version 2", f"unloaded {MODEL} version 1"]
+        broken = _copy_version(tiny_artifact, model_dir, 3)
+        (broken / f"gradient-{KEY}.onnx").unlink()
+        done = runner.invoke(cli, ["reload", running.address])
+        assert done.exit_code == 1
+        assert re.fullmatch(rf"failed {MODEL} version 3: .*gradient-{KEY}\.onnx.*\n", done.output, re.S)
+        with TwinClient(running.address) as client:
+            assert client.reload()["failed"] == []  # failed once; unchanged since, so not retried
+            assert client.models()[0]["serving_version"] == 2
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{unused.getsockname()[1]}"
+    done = CliRunner().invoke(cli, ["reload", closed, "--timeout", "1"])
+    assert done.exit_code == 1 and done.output.startswith("Error: reload: ")
 
 
 # ---------------------------------------------------------------------------------------------------
