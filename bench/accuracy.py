@@ -164,8 +164,10 @@ def run_ours(
     scores = evaluate(run, [target], "test")
     key = next(iter(scores))  # the target's data key
     trained = [json.loads(f.read_text()) for f in sorted((run / "members").glob("member-*/training.json"))]
-    # Each member's own test scores (metrics.json), averaged: what one of these models scores alone.
+    # Each member's own test scores (metrics.json): their spread (seeds and early-stopping splits) is the
+    # noise a row difference has to exceed; their mean, what one of these models scores alone.
     own = json.loads((run / "metrics.json").read_text())["test"][key]["members"]
+    each = {name: _scores(m) for name, m in own.items()}
     return {
         **_scores(scores[key]),
         "epochs": [t["epochs"] for t in trained],
@@ -175,12 +177,8 @@ def run_ours(
         # pre-training (or waiting for another cell's); then all: fine-tuning (or waiting) and scoring
         "pretraining_seconds": pretraining_seconds,
         "seconds": round(time.perf_counter() - started, 1),
-        "members_mean": {
-            k: float(np.mean([_scores(m)[k] for m in own.values()])) for k in _scores(own[next(iter(own))])
-        },
-        # each member alone: their spread (seeds and early-stopping splits) is the noise a row difference
-        # has to exceed
-        "members": {name: _scores(m) for name, m in own.items()},
+        "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(scores[key])},
+        "members": each,
     }
 
 
@@ -205,7 +203,6 @@ def train_members(
     changed = [f for f in _CLI_FIXED if getattr(config, f) != getattr(default, f)]
     if changed:
         raise ValueError(f"train config: {changed} differ from their defaults; `twin train` cannot set them")
-    out.parent.mkdir(parents=True, exist_ok=True)
     spec = out.parent / f"{out.name}-model.json"
     write_json(spec, model.to_dict())
     # `twin train --nproc`'s launcher: interrupted, it stops torchrun and its workers before returning.
@@ -345,8 +342,7 @@ def main() -> None:
         help="keep the simulation, caches and training runs here (default: a temporary folder, removed)",
     )
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error(f"--jobs: {args.jobs}; expected >= 1")
+    args.jobs = positive_or(parser, "--jobs", args.jobs, 1)
     preset = args.preset or ("tiny" if args.quick else "small")
     members = positive_or(parser, "--members", args.members, 3 if args.quick else 5)
     epochs = positive_or(parser, "--epochs", args.epochs, 40 if args.quick else 200)

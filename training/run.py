@@ -208,10 +208,8 @@ def train_run(
     """
     if members < 1:
         raise InvalidInput(f"members: {members}; expected >= 1")
-    config = config or TrainConfig()
     model_config = resolve_model(model)
-    if config.correlation_weight is None:  # run.json states the loss the members train with
-        config = replace(config, correlation_weight=model_config.correlation_weight)
+    config = (config or TrainConfig()).for_model(model_config)  # run.json states the loss used
     run = Path(out)
     data = load_tensors(paths)
     _check_track(model_config, data)

@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,13 @@ class TrainConfig:
         if not self.device.startswith(("cpu", "cuda")):
             raise InvalidInput(f"device: {self.device!r}; expected cpu, cuda or cuda:<index>")
 
+    def for_model(self, model_config: object | None) -> TrainConfig:
+        """This config with its loss settled: its own correlation_weight when set, else the model
+        config's (0 for a model without one)."""
+        if self.correlation_weight is not None:
+            return self
+        return replace(self, correlation_weight=float(getattr(model_config, "correlation_weight", 0.0)))
+
 
 @dataclass
 class TrainResult:
@@ -99,28 +106,18 @@ def _forward(model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor]) -
     return model(batch["images"], key, behavior=batch["behavior"], pupil_center=batch["pupil_center"])
 
 
-def loss_correlation_weight(model: torch.nn.Module, config: TrainConfig) -> float:
-    """The weight of (1 - correlation) in the loss: the training config's when set, else the model's."""
-    if config.correlation_weight is not None:
-        return config.correlation_weight
-    return float(getattr(getattr(model, "config", None), "correlation_weight", 0.0))
-
-
 def _loss(
-    model: torch.nn.Module,
-    key: str,
-    batch: dict[str, torch.Tensor],
-    config: TrainConfig,
-    correlation_weight: float,
+    model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor], config: TrainConfig
 ) -> torch.Tensor:
+    """Poisson + correlation_weight * (1 - correlation) of a batch; `config` settled by `for_model`."""
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.amp):
         if config.channels_last:
             batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
         predictions = _forward(model, key, batch).float()
     loss = poisson_loss(predictions, batch["responses"])
-    if correlation_weight > 0:
-        loss = loss + correlation_weight * correlation_loss(predictions, batch["responses"])
+    if config.correlation_weight:
+        loss = loss + config.correlation_weight * correlation_loss(predictions, batch["responses"])
     return loss
 
 
@@ -189,6 +186,7 @@ def train(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    config = config.for_model(getattr(model, "config", None))  # the checkpoint stores the loss used
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.device.startswith("cuda"):
@@ -198,7 +196,6 @@ def train(
     # Fused Adam: every parameter in one kernel instead of several per tensor (on a GPU, fewer launches);
     # the same update as the default to float rounding, on the CPU too, so one code path is tested.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    weight = loss_correlation_weight(model, config)
     state = {"epoch": 0, "round": 0, "bad_epochs": 0, "best": -np.inf, "best_epoch": 0, "history": []}
     best_weights = copy.deepcopy(model.state_dict())
     if resume and (run / CHECKPOINT).is_file():
@@ -228,7 +225,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             for key, idx in step:
                 batch = data[key].batch(idx)
-                loss = scale[key] * _loss(model, key, batch, config, weight) + model.regularizer(key)
+                loss = scale[key] * _loss(model, key, batch, config) + model.regularizer(key)
                 loss.backward()
                 total += loss.detach().double()
             optimizer.step()

@@ -48,9 +48,7 @@ def train_small_ensemble(sim: Path, runs: Path, members: int, epochs: int, say: 
 
     base = get_config("cnn")
     model = replace(base, name="cnn-small", core=replace(base.core, channels=16, layers=3, hidden_kernel=5))
-    config = runs / "cnn-small.json"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    write_json(config, model.to_dict())
+    config = write_json(runs / "cnn-small.json", model.to_dict())
     run = runs / "cnn-small"
     args: list[str | int | os.PathLike[str]] = [
         "--data",

@@ -442,7 +442,7 @@ def test_invalid_configs_name_the_field(make, field):
 
 def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation_weight():
     """twin and twin_behavior train with the winners' Poisson + (1 - correlation) loss by default."""
-    from training.trainer import TrainConfig, _loss, correlation_loss, loss_correlation_weight, poisson_loss
+    from training.trainer import TrainConfig, _loss, correlation_loss, poisson_loss
 
     assert {name: get_config(name).correlation_weight for name in available()} == {
         "ln": 0.0,
@@ -464,13 +464,13 @@ def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation
         ("cnn", 0.5, 0.5),
     ):
         model = build(small(name), recordings()).eval()  # eval: the same prediction on every call
-        config = TrainConfig(correlation_weight=override, channels_last=False)
-        assert loss_correlation_weight(model, config) == expected
+        config = TrainConfig(correlation_weight=override, channels_last=False).for_model(model.config)
+        assert config.correlation_weight == expected
         with torch.no_grad():
             prediction = run(model, key, batch)
             want = poisson_loss(prediction, batch["responses"])
             want = want + expected * correlation_loss(prediction, batch["responses"])
-            got = _loss(model, key, batch, config, loss_correlation_weight(model, config))
+            got = _loss(model, key, batch, config)
         torch.testing.assert_close(got, want)
         assert float(correlation_loss(prediction, batch["responses"])) > 1  # the term is not negligible
     with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected >= 0"):
