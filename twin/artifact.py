@@ -29,6 +29,7 @@ __all__ = [
     "OnnxTwin",
     "checksum",
     "execution_providers",
+    "image_statistics",
     "load",
 ]
 
@@ -178,6 +179,13 @@ class Artifact:
         )
 
 
+def image_statistics(entry: dict[str, Any]) -> dict[str, float]:
+    """The training images' pixel mean and sd (raw units) from a manifest's recording entry: the gray
+    level and contrast scale an in-silico experiment builds its stimuli around."""
+    pre = entry["preprocessing"]
+    return {"image_mean": float(pre["image_mean"]), "image_std": float(pre["image_std"])}
+
+
 def _float32(a: np.ndarray) -> np.ndarray:
     """As float32; values beyond its range become inf, which the callers' finiteness checks refuse."""
     with np.errstate(over="ignore"):
@@ -246,6 +254,7 @@ class OnnxTwin:
             "members": self.members,
             "n_members": self.n_members,
             "image_units": "raw pixel units",
+            **image_statistics(self.entry),
             "response_units": self.entry.get("response_units", RESPONSE_UNITS),
         }
 

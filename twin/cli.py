@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from twin.errors import TwinError
+from twin.experiments.cli import experiment
 
 __all__ = ["main"]
 
@@ -555,6 +556,9 @@ def serve(
             signal.signal(sig, handler)
     if http_failed:
         sys.exit(1)
+
+
+cli.add_command(experiment)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
+from twin.artifact import RESPONSE_UNITS, image_statistics
 from twin.errors import (
     DeadlineExceeded,
     FormatError,
@@ -261,7 +262,8 @@ class TwinClient:
             "members": list(manifest.get("members", [])),
             "n_members": int(key_info.n_members),
             "image_units": "raw pixel units",
-            "response_units": entry.get("response_units", "recording response units"),
+            **image_statistics(entry),
+            "response_units": entry.get("response_units", RESPONSE_UNITS),
         }
 
     @property

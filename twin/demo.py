@@ -1,8 +1,9 @@
 """The whole twin on a simulated mouse, end to end: `python -m twin.demo --out DIR` (what `make demo` runs).
 
 simulate a mouse -> train a small ensemble -> export it as an artifact -> serve it over gRPC -> a client
-predicts, optimizes an image for the best-predicted neuron with the served gradient, and asks the server
-to score the model on its held-out test tier -> the server is shut down. Each step runs the `twin`
+predicts, asks the server to score the model on its held-out test tier, finds the most exciting image
+of the best-predicted neuron with the served gradient and maps every neuron's receptive field, and checks
+both against the simulated mouse's ground truth -> the server is shut down. Each step runs the `twin`
 command a user would type and prints it. Exit status 0 when every step succeeded, 1 otherwise; the
 server is stopped whatever happens.
 """
@@ -132,9 +133,12 @@ def _test_images(heldout: Path, data_key: str, count: int) -> np.ndarray:
     return np.asarray(recording.images[recording.tier_indices("test")[:count]])
 
 
-def query(address: str, heldout: Path, *, step: float = 20.0, say: Print = _say) -> list[dict[str, Any]]:
-    """What a client does: predict, one gradient step for the best neuron, held-out scores per data key."""
+def query(address: str, heldout: Path, *, mei_steps: int = 50, say: Print = _say) -> list[dict[str, Any]]:
+    """What a client does, per data key: predict, the held-out scores, the most exciting image of the best
+    neuron and every neuron's receptive field, both through the served model and checked against the
+    simulated mouse's ground truth (when `heldout` is a simulation folder)."""
     from twin.client import TwinClient
+    from twin.experiments import GroundTruthTwin, most_exciting_images, receptive_fields
 
     with TwinClient(address) as client:
         (model,) = client.models()
@@ -155,19 +159,30 @@ def query(address: str, heldout: Path, *, step: float = 20.0, say: Print = _say)
             per_neuron = result.pop("per_neuron")
             best = int(np.nanargmax(per_neuron["single_trial_correlation"]))
             neuron = int(per_neuron["neuron_ids"][best])
-            weights = np.zeros((1, twin.n_neurons), np.float32)
-            weights[0, list(twin.neuron_ids).index(neuron)] = 1.0
-            image = images[:1, 0].astype(np.float32)  # (1, H, W)
-            before = float(twin.predict(image, neurons=[neuron])[0][0, 0])
-            gradient = twin.gradient(image, weights)
-            image = np.clip(image + step * gradient / (np.abs(gradient).max() + 1e-12), 0, 255)
-            after = float(twin.predict(image, neurons=[neuron])[0][0, 0])
+            ground = GroundTruthTwin(heldout, data_key) if (heldout / "ground_truth").is_dir() else None
+            meis = most_exciting_images(twin, [neuron], steps=mei_steps)
+            natural = float(twin.predict(images, neurons=[neuron])[0].max())
             say(
                 f"    best-predicted neuron {neuron} (test correlation "
-                f"{per_neuron['single_trial_correlation'][best]:.3f}): one gradient step of at most "
-                f"{step:g} pixel units moves its response {before:.3f} -> {after:.3f} "
-                f"({100 * (after / before - 1):+.1f}%)"
+                f"{per_neuron['single_trial_correlation'][best]:.3f}): its most exciting image "
+                f"({mei_steps} gradient steps) drives it to {meis.activation[0]:.3f} "
+                f"(best of the {len(images)} test images: {natural:.3f})"
             )
+            if ground is not None:
+                natural_images = ground.natural_images()
+                ratio = ground.score_meis(meis, natural_images)["ratio_median"]
+                say(
+                    f"      the simulated neuron itself responds to that image {ratio:.2f}x as much as to "
+                    f"the best of the recording's {len(natural_images)} images"
+                )
+            fields = receptive_fields(twin)
+            if ground is not None:
+                mapped = ground.score_receptive_fields(fields)
+                say(
+                    f"    receptive fields of all {twin.n_neurons} neurons mapped with sparse noise: centres "
+                    f"{mapped['center_error_px_median']:.2f} px from the true ones (median; "
+                    f"{mapped['within_2px_fraction']:.0%} within 2 px)"
+                )
             scores.append(result)
     return scores
 

@@ -41,6 +41,9 @@ def test_load_reads_the_manifest(loaded, tiny_artifact):
     assert info["image_size"] == [36, 64] and info["recording_image_size"] == [36, 64]
     assert info["requires"] == {"behavior": False, "pupil_center": False}
     assert info["response_units"] == "recording response units" and info["members"] == ["member-0"]
+    pre = loaded.manifest["recordings"]["90002-1-1"]["preprocessing"]
+    assert info["image_mean"] == pre["image_mean"] and info["image_std"] == pre["image_std"]
+    assert 100 < info["image_mean"] < 140 and 40 < info["image_std"] < 70  # the simulated images
     assert info["neuron_ids"] == loaded.manifest["recordings"]["90002-1-1"]["neuron_ids"]
     with pytest.raises(InvalidInput, match=r"data_key: None.*90001-1-1"):
         loaded.twin()

@@ -104,27 +104,17 @@ def test_gradient_equals_the_local_twin(local, remote):
     _same(remote.gradient(images[:, None], weights), local.gradient(images[:, None], weights))
 
 
-def _ascend(model, steps: int = 5, lr: float = 200.0) -> tuple[np.ndarray, list[float]]:
-    """Gradient ascent on one neuron's response from a gray image: a small in-silico experiment."""
-    neuron = int(model.neuron_ids[3])
-    weights = np.zeros((1, model.n_neurons), np.float32)
-    weights[0, 3] = 1.0
-    images = np.full((1, *model.image_size), 128.0, np.float32)
-    trace = []
-    for _ in range(steps):
-        trace.append(float(model.predict(images, neurons=[neuron])[0][0, 0]))
-        step = model.gradient(images, weights)
-        images = np.clip(images + lr * step / (np.abs(step).max() + 1e-12), 0, 255).astype(np.float32)
-    trace.append(float(model.predict(images, neurons=[neuron])[0][0, 0]))
-    return images, trace
+def test_in_silico_experiments_run_the_same_locally_and_remotely(local, remote):
+    from twin.experiments import most_exciting_images, receptive_fields
 
-
-def test_an_in_silico_experiment_runs_the_same_locally_and_remotely(local, remote):
-    local_images, local_trace = _ascend(local)
-    remote_images, remote_trace = _ascend(remote)
-    np.testing.assert_array_equal(remote_images, local_images)
-    assert remote_trace == local_trace
-    assert local_trace[-1] > local_trace[0]  # the experiment did drive the neuron
+    ids = local.neuron_ids[[3, 40]]
+    meis = [most_exciting_images(t, ids, steps=5) for t in (local, remote)]
+    for name, value in vars(meis[0]).items():
+        np.testing.assert_array_equal(getattr(meis[1], name), value)
+    assert np.all(meis[0].activation > meis[0].start)  # the experiment did drive the neurons
+    fields = [receptive_fields(t, ids, square=6, stride=6) for t in (local, remote)]
+    np.testing.assert_array_equal(fields[1].on, fields[0].on)
+    np.testing.assert_array_equal(fields[1].off, fields[0].off)
 
 
 @pytest.mark.parametrize(

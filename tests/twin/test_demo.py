@@ -25,7 +25,9 @@ def test_serve_query_and_shut_down(repository, tiny_sim):
         assert s["tier"] == "test" and s["n_neurons"] == 150 and s["n_trials"] > 0
         assert -1 <= s["single_trial_correlation"] <= 1 and s["oracle_correlation"] is not None
     assert "twin serve --repository" in text and "server ready at 127.0.0.1:" in text
-    assert "best-predicted neuron" in text and "moves its response" in text
+    assert "best-predicted neuron" in text and "its most exciting image (50 gradient steps)" in text
+    assert text.count("the simulated neuron itself responds") == 2
+    assert text.count("receptive fields of all 150 neurons mapped with sparse noise: centres") == 2
     assert "single-trial" in text and "90002-1-1  test" in text
     assert "stopping the server (SIGTERM)\n  server exited with status 0" in text
 

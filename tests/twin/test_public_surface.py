@@ -13,7 +13,7 @@ HEAVY = ("torch", "onnxruntime", "onnx", "grpc", "bentoml", "matplotlib")
 
 def test_importing_twin_pulls_in_no_heavy_dependency():
     code = (
-        "import sys, twin, twin.data, twin.metrics, twin.cli, twin.errors\n"
+        "import sys, twin, twin.data, twin.metrics, twin.cli, twin.errors, twin.experiments\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -21,7 +21,18 @@ def test_importing_twin_pulls_in_no_heavy_dependency():
 
 
 @pytest.mark.parametrize(
-    "module", ["twin", "twin.data", "twin.metrics", "twin.errors", "twin.data.stimuli", "twin.client"]
+    "module",
+    [
+        "twin",
+        "twin.data",
+        "twin.metrics",
+        "twin.errors",
+        "twin.data.stimuli",
+        "twin.client",
+        "twin.experiments",
+        "twin.experiments.stimuli",
+        "twin.experiments.plots",
+    ],
 )
 def test_all_names_exist(module):
     mod = importlib.import_module(module)

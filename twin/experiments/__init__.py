@@ -1,0 +1,30 @@
+"""In-silico experiments on any twin (DESIGN.md §3): the same code runs on an in-process artifact
+(`twin.load(...).twin(key)`), a served model (`twin.TwinClient`) and the simulated mouse's ground truth
+(`GroundTruthTwin`), so a twin's answers can be checked against the known ones.
+
+- `orientation_tuning`: full-field gratings -> preferred orientation and period, selectivity, F1/F0.
+- `receptive_fields`: sparse noise -> ON/OFF maps and receptive-field centres.
+- `most_exciting_images`: gradient ascent on the image under a contrast budget (needs `gradient`).
+"""
+
+from __future__ import annotations
+
+from twin.experiments.common import Condition, Predictor, Result, Twin
+from twin.experiments.ground_truth import GroundTruthTwin
+from twin.experiments.mei import MEIs, most_exciting_images
+from twin.experiments.receptive_field import ReceptiveFields, receptive_fields
+from twin.experiments.tuning import Tuning, orientation_tuning
+
+__all__ = [
+    "Condition",
+    "GroundTruthTwin",
+    "MEIs",
+    "Predictor",
+    "ReceptiveFields",
+    "Result",
+    "Tuning",
+    "Twin",
+    "most_exciting_images",
+    "orientation_tuning",
+    "receptive_fields",
+]

@@ -1,0 +1,167 @@
+"""What every in-silico experiment needs from a twin: its description, the chosen neurons, the behavioural
+condition repeated for every stimulus, and responses to many stimuli in bounded batches.
+
+An experiment takes any object with the twin interface (DESIGN.md §3): an in-process `OnnxTwin`
+(`twin.load(...).twin(key)`), a `TwinClient` on a server, or the simulated mouse's `GroundTruthTwin`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from twin.atomic import replacing
+from twin.errors import InvalidInput
+
+__all__ = ["Condition", "Predictor", "Result", "Subject", "Twin", "responses"]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A twin that answers predictions: enough for tuning curves and receptive-field mapping."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def predict(
+        self, images: Any, behavior: Any = None, pupil_center: Any = None, neurons: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class Twin(Predictor, Protocol):
+    """A twin that also answers input gradients: needed to optimize stimuli (MEIs)."""
+
+    def gradient(
+        self, images: Any, weights: Any, behavior: Any = None, pupil_center: Any = None
+    ) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The behavioural state every stimulus of an experiment is shown in, in raw units; None where the
+    twin does not need it."""
+
+    behavior: np.ndarray | None = None  # (3,): pupil size, its change, running speed
+    pupil_center: np.ndarray | None = None  # (2,)
+
+    @classmethod
+    def of(cls, behavior: Any = None, pupil_center: Any = None) -> Condition:
+        return cls(_row("behavior", behavior, 3), _row("pupil_center", pupil_center, 2))
+
+    def rows(self, batch: int) -> dict[str, np.ndarray | None]:
+        """The condition repeated for a batch, as a twin's keyword arguments."""
+        return {
+            name: None if value is None else np.repeat(value[None], batch, axis=0)
+            for name, value in (("behavior", self.behavior), ("pupil_center", self.pupil_center))
+        }
+
+
+def _row(name: str, value: Any, width: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    a = np.asarray(value, dtype=np.float64)
+    if a.shape != (width,) or not np.all(np.isfinite(a)):
+        raise InvalidInput(f"{name}: {value!r}; expected {width} finite numbers in raw units, or None")
+    return a.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The twin under study and the neurons an experiment reports: ids, and their response columns."""
+
+    twin: Predictor
+    info: dict[str, Any]
+    neuron_ids: np.ndarray  # (n,) ids as the recording numbers them
+    condition: Condition
+
+    @classmethod
+    def of(
+        cls,
+        twin: Any,
+        neurons: Sequence[int] | np.ndarray | None = None,
+        behavior: Any = None,
+        pupil_center: Any = None,
+    ) -> Subject:
+        if not isinstance(twin, Predictor):
+            raise InvalidInput(
+                f"twin: {type(twin).__name__}; expected a twin with info() and predict() "
+                "(twin.load(...).twin(key), twin.TwinClient, GroundTruthTwin)"
+            )
+        info = twin.info()
+        condition = Condition.of(behavior, pupil_center)
+        for name, needed in info.get("requires", {}).items():
+            if needed and getattr(condition, name) is None:
+                raise InvalidInput(
+                    f"{name}: None; {info.get('name', 'this twin')} ({info.get('data_key')}) needs it: "
+                    f"give the condition to show the stimuli in"
+                )
+        known = np.asarray(info["neuron_ids"], np.int64)
+        if neurons is None:
+            ids = known
+        else:
+            ids = np.asarray(neurons)
+            if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+                raise InvalidInput(f"neurons: {neurons!r}; expected a non-empty sequence of neuron ids")
+            unknown = sorted(set(ids.tolist()) - set(known.tolist()))
+            if unknown:
+                raise InvalidInput(f"neurons: ids {unknown[:5]} are not neurons of {info.get('data_key')}")
+            ids = ids.astype(np.int64)
+        return cls(twin, info, ids, condition)
+
+    @property
+    def all_neurons(self) -> bool:
+        return self.neuron_ids.size == len(self.info["neuron_ids"]) and np.array_equal(
+            self.neuron_ids, np.asarray(self.info["neuron_ids"], np.int64)
+        )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The model's input resolution: experiments build their stimuli at it (pixels of this grid)."""
+        height, width = self.info["image_size"]
+        return int(height), int(width)
+
+    @property
+    def gray(self) -> float:
+        """Mean luminance of the training images (raw units): the background of every stimulus."""
+        return float(self.info.get("image_mean", 127.5))
+
+    @property
+    def contrast(self) -> float:
+        """Pixel sd of the training images (raw units): the natural contrast scale."""
+        return float(self.info.get("image_std", 55.0))
+
+
+def responses(subject: Subject, images: np.ndarray, *, batch: int = 256) -> np.ndarray:
+    """Mean predicted responses (B, n) of the subject's neurons to images (B, H, W), `batch` at a time."""
+    neurons = None if subject.all_neurons else subject.neuron_ids
+    out = []
+    for start in range(0, images.shape[0], batch):
+        chunk = images[start : start + batch]
+        mean, _ = subject.twin.predict(chunk, neurons=neurons, **subject.condition.rows(chunk.shape[0]))
+        out.append(np.asarray(mean, np.float32))
+    return np.concatenate(out, axis=0)
+
+
+R = TypeVar("R", bound="Result")
+
+
+class Result:
+    """An experiment's outcome (a dataclass of arrays and numbers) that saves to and loads from .npz."""
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Every field as one .npz, written atomically."""
+        arrays: dict[str, Any] = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        with replacing(path) as tmp, open(tmp, "wb") as out:
+            np.savez(out, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike[str]) -> R:
+        with np.load(path, allow_pickle=False) as data:
+            values = {f.name: data[f.name] for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v.item() if v.ndim == 0 else v for k, v in values.items()})

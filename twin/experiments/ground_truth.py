@@ -1,0 +1,206 @@
+"""The simulated mouse's own neurons behind the twin interface: the known right answer of every
+in-silico experiment that needs only predictions (tuning, receptive fields, checking an MEI).
+
+`GroundTruthTwin(simulation_dir, data_key)` answers `predict` with the noise-free expected responses of
+the recording's ground-truth population (twin.data.population) and `info` like a served twin does, with
+the recording's neuron ids and image statistics, so experiments run on it unchanged. `truth()` gives the
+neurons' true parameters, and `score_tuning`, `score_receptive_fields` and `score_meis` compare an
+experiment's result (on any twin of this recording) with them. It has no `gradient`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from twin.data.population import GRID
+from twin.data.reader import load_recording
+from twin.data.simulation import GroundTruth
+from twin.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from twin.experiments.mei import MEIs
+    from twin.experiments.receptive_field import ReceptiveFields
+    from twin.experiments.tuning import Tuning
+
+__all__ = ["GroundTruthTwin"]
+
+
+class GroundTruthTwin:
+    """Predict-only twin of one simulated recording; behaviour and pupil centre are optional inputs (the
+    gain at the session's mean behaviour and the eye at rest without them)."""
+
+    def __init__(self, simulation_dir: str | os.PathLike[str], data_key: str) -> None:
+        root = Path(simulation_dir)
+        self._truth = GroundTruth.load(root, data_key)
+        meta = json.loads((self._truth.folder / "ground_truth.json").read_text())
+        recording = load_recording(root / meta["folder"], progress=False)
+        stats = recording.statistics["images"]["all"]
+        self.data_key = data_key
+        self._images = recording.images  # memory-mapped, (n, 1, H, W)
+        self._distinct = np.sort(np.unique(recording.image_ids, return_index=True)[1])  # first of repeats
+        self.neuron_ids = np.asarray(recording.neuron_ids, np.int64)
+        self._columns = {int(n): c for c, n in enumerate(self.neuron_ids)}
+        self._info = {
+            "name": "ground truth",
+            "version": 0,
+            "data_key": data_key,
+            "n_neurons": int(self.neuron_ids.size),
+            "neuron_ids": self.neuron_ids.tolist(),
+            "image_size": list(GRID),
+            "recording_image_size": list(recording.image_shape),
+            "requires": {"behavior": False, "pupil_center": False},
+            "members": [],
+            "n_members": 1,
+            "image_units": "raw pixel units",
+            "image_mean": float(np.asarray(stats["mean"])),
+            "image_std": float(np.asarray(stats["std"])),
+            "response_units": "recording response units",
+        }
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.neuron_ids.size)
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._info))
+
+    def predict(
+        self,
+        images: Any,
+        behavior: Any = None,
+        pupil_center: Any = None,
+        neurons: Sequence[int] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected responses (B, n) and zeros for their spread: the ground truth has no uncertainty."""
+        a = np.asarray(images)
+        if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)):
+            raise InvalidInput(f"images: dtype {a.dtype}; expected finite real numbers (raw pixel units)")
+        extra = {
+            name: None if value is None else np.asarray(value, np.float32)
+            for name, value in (("behavior", behavior), ("pupil_center", pupil_center))
+        }
+        mean = self._truth(a, **extra)
+        if neurons is not None:
+            ids = np.asarray(neurons).ravel().tolist()
+            unknown = [i for i in ids if i not in self._columns]
+            if unknown or not ids:
+                raise InvalidInput(f"neurons: {unknown[:5] or ids}; expected ids of {self.data_key}")
+            mean = mean[:, [self._columns[i] for i in ids]]
+        return mean, np.zeros_like(mean)
+
+    def natural_images(self) -> np.ndarray:
+        """The recording's distinct images (repeats once), (n, H, W) raw pixels: what an MEI should beat."""
+        return np.asarray(self._images[self._distinct, 0])
+
+    def truth(self, neurons: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The true parameters of the neurons (all, or these ids), in the experiments' units: receptive-field
+        centre (x, y) in pixels of the 36 x 64 grid, orientation of the wave vector in [0, pi), period in
+        pixels per cycle, simple-cell weight (1 simple, 0 complex)."""
+        p = self._truth.population
+        columns = (
+            slice(None) if neurons is None else [self._columns[int(i)] for i in np.asarray(neurons).ravel()]
+        )
+        return {
+            "neuron_ids": self.neuron_ids[columns],
+            "center": p.center[columns],
+            "orientation": np.mod(p.orientation[columns], np.pi),
+            "period": p.period[columns],
+            "simple_weight": p.simple_weight[columns],
+        }
+
+    def score_tuning(self, tuning: Tuning, *, min_selectivity: float = 0.2) -> dict[str, Any]:
+        """How well measured tuning matches the truth: preferred-orientation error (degrees; over neurons
+        with selectivity >= `min_selectivity`), rank correlation of preferred and true period, and how
+        well the modulation ratio tells simple (weight > 0.5) from complex cells (ROC AUC, 0.5 = chance)."""
+        truth = self.truth(tuning.neuron_ids)
+        selective = tuning.orientation_selectivity >= min_selectivity
+        error = np.degrees(_orientation_difference(tuning.preferred_orientation, truth["orientation"]))
+        scale = GRID[1] / float(tuning.image_size[1])  # truth pixels per stimulus pixel
+        ratio = tuning.modulation_ratio
+        known = ~np.isnan(ratio)
+        simple = truth["simple_weight"] > 0.5
+        return {
+            "neurons": int(tuning.neuron_ids.size),
+            "selective_fraction": float(selective.mean()),
+            "orientation_error_deg_median": _stat(np.median, error[selective]),
+            "orientation_error_deg_p90": _stat(lambda e: np.percentile(e, 90), error[selective]),
+            "period_rank_correlation": _rank_correlation(tuning.preferred_period * scale, truth["period"]),
+            "simple_vs_complex_auc": _auc(ratio[known & simple], ratio[known & ~simple]),
+        }
+
+    def score_receptive_fields(self, fields: ReceptiveFields) -> dict[str, Any]:
+        """Distance (pixels of the 36 x 64 grid) between mapped and true receptive-field centres."""
+        truth = self.truth(fields.neuron_ids)
+        scale = np.array([GRID[1] / float(fields.image_size[1]), GRID[0] / float(fields.image_size[0])])
+        error = np.linalg.norm(fields.centers * scale - truth["center"], axis=1)
+        found = ~np.isnan(error)
+        return {
+            "neurons": int(fields.neuron_ids.size),
+            "mapped_fraction": float(found.mean()),
+            "center_error_px_median": _stat(np.median, error[found]),
+            "center_error_px_p90": _stat(lambda e: np.percentile(e, 90), error[found]),
+            "within_2px_fraction": float(np.mean(error[found] <= 2.0)) if found.any() else None,
+        }
+
+    def score_meis(self, meis: MEIs, images: np.ndarray, *, batch: int = 256) -> dict[str, Any]:
+        """The true neurons' responses to their MEIs relative to their largest response to `images`
+        (e.g. the recording's natural images): above 1 where an MEI beats every one of them."""
+        ids = meis.neuron_ids
+        natural = np.concatenate(
+            [self.predict(images[i : i + batch], neurons=ids)[0] for i in range(0, len(images), batch)]
+        ).max(axis=0)
+        own = np.diagonal(self.predict(meis.images, neurons=ids)[0])
+        ratio = own / np.maximum(natural, 1e-12)
+        return {
+            "neurons": int(ids.size),
+            "natural_images": len(images),
+            "ratio_to_best_natural": ratio.round(4).tolist(),
+            "ratio_median": float(np.median(ratio)),
+            "beats_best_natural_fraction": float(np.mean(ratio > 1)),
+        }
+
+    def __repr__(self) -> str:
+        return f"GroundTruthTwin(data_key={self.data_key!r}, neurons={self.n_neurons})"
+
+
+def _orientation_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smallest angle (radians, 0 to pi/2) between orientations a and b (period pi)."""
+    return np.abs(np.angle(np.exp(2j * (np.asarray(a) - np.asarray(b))))) / 2
+
+
+def _stat(function: Any, values: np.ndarray) -> float | None:
+    return float(function(values)) if values.size else None
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(values.size)
+    _, inverse = np.unique(values, return_inverse=True)
+    return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (None when either side is constant)."""
+    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """Probability that a positive scores above a negative (ties count half): ROC AUC."""
+    if positive.size == 0 or negative.size == 0:
+        return None
+    ranks = _ranks(np.concatenate([positive, negative]))
+    return float(
+        (ranks[: positive.size].sum() - positive.size * (positive.size - 1) / 2)
+        / (positive.size * negative.size)
+    )
