@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from twin import metrics
-from twin.data import find_held_out, load_held_out, load_recording, restore
+from twin.data import load_recording, responses_with_held_out
 from twin.data.recording import TIERS, Recording, data_key_from_name
 from twin.errors import FormatError, InvalidInput, ModelNotFound
 
@@ -196,12 +196,7 @@ class HeldOutData:
         recordings: dict[str, HeldOutRecording] = {}
         for folder in _recording_paths(Path(path)):
             recording = load_recording(folder, progress=False)
-            held_out_folder = find_held_out(folder, recording.data_key)
-            responses = (
-                recording.responses
-                if held_out_folder is None
-                else restore(recording, load_held_out(held_out_folder))
-            )
+            responses = responses_with_held_out(recording, folder)
             if recording.data_key in recordings:
                 raise FormatError(f"{folder}: data_key {recording.data_key} appears twice under {path}")
             recordings[recording.data_key] = HeldOutRecording.from_recording(recording, responses, tiers)

@@ -26,7 +26,7 @@ from training.models import ModelConfig, RecordingShape, build, get_config
 from training.trainer import BEST, TrainConfig, predict, train
 from twin import metrics
 from twin.atomic import write_json
-from twin.data import find_held_out, load_held_out, load_recording, restore
+from twin.data import load_recording, responses_with_held_out
 from twin.errors import FormatError, InvalidInput
 
 __all__ = ["evaluate", "load_members", "load_tensors", "resolve_model", "train_run"]
@@ -42,11 +42,7 @@ def load_tensors(
         rec = load_recording(path, progress=False)
         if rec.data_key in out:
             raise InvalidInput(f"data: data key {rec.data_key} given twice ({path})")
-        responses = None
-        if with_held_out:
-            folder = find_held_out(Path(path), rec.data_key)
-            if folder is not None:
-                responses = restore(rec, load_held_out(folder))
+        responses = responses_with_held_out(rec, path) if with_held_out else None
         out[rec.data_key] = RecordingTensors.from_recording(rec, responses)
         sizes[rec.data_key] = rec.image_shape
     if len({s for s in sizes.values()}) > 1:

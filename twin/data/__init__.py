@@ -1,6 +1,13 @@
 """SENSORIUM recordings: read, write, validate, summarize; and the simulated mouse that writes them."""
 
-from twin.data.heldout import HeldOut, find_held_out, load_held_out, restore, write_held_out
+from twin.data.heldout import (
+    HeldOut,
+    find_held_out,
+    load_held_out,
+    responses_with_held_out,
+    restore,
+    write_held_out,
+)
 from twin.data.presets import PRESETS, Preset, RecordingSpec, get_preset
 from twin.data.reader import load_recording
 from twin.data.recording import BEHAVIOR_NAMES, HELD_OUT_TIERS, TIERS, Recording, data_key_from_name
@@ -26,6 +33,7 @@ __all__ = [
     "get_preset",
     "load_held_out",
     "load_recording",
+    "responses_with_held_out",
     "restore",
     "simulate",
     "summarize",

@@ -18,7 +18,14 @@ import numpy as np
 from twin.data.recording import Recording
 from twin.errors import FormatError
 
-__all__ = ["HeldOut", "find_held_out", "load_held_out", "restore", "write_held_out"]
+__all__ = [
+    "HeldOut",
+    "find_held_out",
+    "load_held_out",
+    "responses_with_held_out",
+    "restore",
+    "write_held_out",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,3 +89,10 @@ def restore(recording: Recording, held_out: HeldOut) -> np.ndarray:
     responses = np.array(recording.responses, dtype=np.float32)
     responses[held_out.trial_index] = held_out.responses
     return responses
+
+
+def responses_with_held_out(recording: Recording, path: str | os.PathLike[str]) -> np.ndarray:
+    """The responses of the recording read from `path`, its held-out tiers restored where their folder
+    lies beside it (`find_held_out`); as read otherwise."""
+    folder = find_held_out(path, recording.data_key)
+    return recording.responses if folder is None else restore(recording, load_held_out(folder))
