@@ -29,6 +29,7 @@ __all__ = [
     "TwinError",
     "__version__",
     "load",
+    "open_twin",
 ]
 
 
@@ -39,6 +40,40 @@ def load(
     from twin.artifact import load as load_artifact
 
     return load_artifact(path, threads=threads, providers=providers)
+
+
+def open_twin(
+    source: str | os.PathLike[str],
+    data_key: str | None = None,
+    model: str | None = None,
+    timeout: float = 60.0,
+) -> Any:
+    """The twin behind `source`: an artifact folder (in process), a simulation folder (its ground-truth
+    neurons, `twin.experiments.GroundTruthTwin`) or a server's "host:port" (`TwinClient`). `data_key` may
+    be left out where there is one recording; `model` names one of several on a server."""
+    from pathlib import Path
+
+    path = Path(source)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return load(path).twin(data_key)
+    if path.is_dir() and (path / "ground_truth").is_dir():
+        from twin.experiments.ground_truth import GroundTruthTwin
+
+        keys = sorted(p.name for p in (path / "ground_truth").iterdir() if p.is_dir())
+        if data_key is None:
+            if len(keys) != 1:
+                raise InvalidInput(f"data_key: None; simulation {path} has {keys}, pick one")
+            data_key = keys[0]
+        return GroundTruthTwin(path, data_key)
+    host, _, port = str(source).rpartition(":")
+    if host and port.isdigit() and not path.exists():
+        from twin.client import TwinClient
+
+        return TwinClient(str(source), model=model, data_key=data_key, timeout=timeout)
+    raise InvalidInput(
+        f"source: {str(source)!r}; expected an artifact folder (manifest.json), a simulation folder "
+        "(ground_truth/) or a server's host:port"
+    )
 
 
 def __getattr__(name: str) -> Any:

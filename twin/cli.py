@@ -336,6 +336,18 @@ def _print_run(out: Path) -> None:
     click.echo(f"run written to {out}")
 
 
+def _score_table(results: dict[str, dict], tier: str) -> str:
+    """The benchmark's three metrics, one line per data key."""
+    lines = [f"{'data key':<12} {'tier':<10} {'single-trial':>12} {'to average':>10} {'FEVE':>6}"]
+    for key, r in results.items():
+        feve = "-" if r["feve"] is None else f"{r['feve']:.3f}"
+        lines.append(
+            f"{key:<12} {tier:<10} {r['single_trial_correlation']:>12.3f} "
+            f"{r['correlation_to_average']:>10.3f} {feve:>6}"
+        )
+    return "\n".join(lines)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_data_option
@@ -357,13 +369,7 @@ def evaluate(run_dir: Path, data, tier: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=1))
         return
-    click.echo(f"{'data key':<12} {'tier':<10} {'single-trial':>12} {'to average':>10} {'FEVE':>6}")
-    for key, r in results.items():
-        feve = "-" if r["feve"] is None else f"{r['feve']:.3f}"
-        click.echo(
-            f"{key:<12} {tier:<10} {r['single_trial_correlation']:>12.3f} "
-            f"{r['correlation_to_average']:>10.3f} {feve:>6}"
-        )
+    click.echo(_score_table(results, tier))
 
 
 @cli.command("export")
@@ -392,6 +398,131 @@ def export_artifact(
         f"artifact {manifest['name']} version {manifest['version']}: {len(manifest['members'])} members, "
         f"data keys {', '.join(manifest['data_keys'])}, {size / 1e6:.1f} MB, written to {path}"
     )
+
+
+@cli.command()
+@click.argument("source")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help=".npy of (n, H, W) or (n, 1, H, W) raw pixels; read memory-mapped.",
+)
+@click.option("--behavior", type=click.Path(path_type=Path, dir_okay=False, exists=True), help=".npy (n, 3).")
+@click.option(
+    "--pupil-center", type=click.Path(path_type=Path, dir_okay=False, exists=True), help=".npy (n, 2)."
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Responses .npy.")
+@click.option("--std-out", type=click.Path(path_type=Path, dir_okay=False), help="Ensemble std .npy, too.")
+@click.option("--data-key", default=None, help="Recording (data key); needed when SOURCE has several.")
+@click.option("--model", default=None, help="Model name on a server that has several.")
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Images per call.")
+@click.option("--restart", is_flag=True, help="Begin anew instead of resuming an unfinished run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(
+    source: str,
+    images: Path,
+    behavior: Path | None,
+    pupil_center: Path | None,
+    out: Path,
+    std_out: Path | None,
+    data_key: str | None,
+    model: str | None,
+    batch: int,
+    restart: bool,
+    quiet: bool,
+) -> None:
+    """Batch scoring: predicted responses of a twin to many images, written to .npy chunk by chunk.
+
+    SOURCE: an artifact folder or a server's host:port. A killed run resumes from its last chunk when
+    started again with the same arguments; the output appears whole, under its name, at the end.
+    """
+    import numpy as np
+
+    from twin import open_twin
+    from twin.scoring import predict_to_file
+
+    def array(path: Path | None) -> np.ndarray | None:
+        return None if path is None else np.load(path, mmap_mode="r", allow_pickle=False)
+
+    twin = open_twin(source, data_key, model)
+    path = predict_to_file(
+        twin,
+        array(images),  # type: ignore[arg-type]
+        out,
+        behavior=array(behavior),
+        pupil_center=array(pupil_center),
+        std_out=std_out,
+        batch=batch,
+        restart=restart,
+        progress=not quiet,
+    )
+    shape = np.load(path, mmap_mode="r").shape
+    click.echo(f"wrote responses {shape} to {path}" + (f" and their std to {std_out}" if std_out else ""))
+
+
+@cli.group()
+def submission() -> None:
+    """SENSORIUM submission files: write a twin's predictions for a test tier, or score a file."""
+
+
+@submission.command("write")
+@click.argument("source")
+@click.option(
+    "--data",
+    "recording",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="The competition recording (folder or .zip).",
+)
+@click.option(
+    "--tier",
+    "tiers",
+    type=click.Choice(["test", "final_test"]),
+    multiple=True,
+    default=("test", "final_test"),
+    show_default=True,
+)
+@click.option("--model", default=None, help="Model name on a server that has several.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder.")
+def submission_write(
+    source: str, recording: Path, tiers: tuple[str, ...], model: str | None, out: Path
+) -> None:
+    """Predict every trial of the tiers and write submission_file_live_test.csv (test tier) and
+    submission_file_final_test.csv, as the benchmark expects them."""
+    from twin import open_twin
+    from twin.data import load_recording
+    from twin.scoring import SUBMISSION_FILES, tier_submission, write_submission
+
+    data_key = load_recording(recording, progress=False).data_key
+    twin = open_twin(source, data_key, model)
+    for tier in dict.fromkeys(tiers):
+        path = write_submission(tier_submission(twin, recording, tier), out / SUBMISSION_FILES[tier])
+        click.echo(f"{tier}: wrote {path}")
+
+
+@submission.command("score")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--data",
+    "recording",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="The recording, its held-out responses beside it in held_out/<data key>.",
+)
+@click.option(
+    "--tier", type=click.Choice(["validation", "test", "final_test"]), default="test", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def submission_score(file: Path, recording: Path, tier: str, as_json: bool) -> None:
+    """Score a submission file against the recording's true responses: the benchmark's three metrics."""
+    from twin.scoring import read_submission, score_submission
+
+    result = score_submission(read_submission(file), recording, tier)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    click.echo(_score_table({result["data_key"]: result}, tier))
 
 
 @cli.command()

@@ -13,7 +13,7 @@ HEAVY = ("torch", "onnxruntime", "onnx", "grpc", "bentoml", "matplotlib")
 
 def test_importing_twin_pulls_in_no_heavy_dependency():
     code = (
-        "import sys, twin, twin.data, twin.metrics, twin.cli, twin.errors, twin.experiments\n"
+        "import sys, twin, twin.data, twin.metrics, twin.cli, twin.errors, twin.experiments, twin.scoring\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -32,6 +32,7 @@ def test_importing_twin_pulls_in_no_heavy_dependency():
         "twin.experiments",
         "twin.experiments.stimuli",
         "twin.experiments.plots",
+        "twin.scoring",
     ],
 )
 def test_all_names_exist(module):

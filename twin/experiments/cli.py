@@ -16,39 +16,11 @@ from typing import Any
 import click
 import numpy as np
 
+from twin import open_twin
 from twin.atomic import write_json
 from twin.errors import InvalidInput
 
-__all__ = ["experiment", "open_twin"]
-
-
-def open_twin(
-    source: str, data_key: str | None = None, model: str | None = None, timeout: float = 60.0
-) -> Any:
-    """The twin behind SOURCE: an artifact folder, a simulation folder (its ground truth) or host:port."""
-    path = Path(source)
-    if path.is_dir() and (path / "manifest.json").is_file():
-        import twin
-
-        return twin.load(path).twin(data_key)
-    if path.is_dir() and (path / "ground_truth").is_dir():
-        from twin.experiments.ground_truth import GroundTruthTwin
-
-        keys = sorted(p.name for p in (path / "ground_truth").iterdir() if p.is_dir())
-        if data_key is None:
-            if len(keys) != 1:
-                raise InvalidInput(f"data_key: None; simulation {path} has {keys}, pick one with --data-key")
-            data_key = keys[0]
-        return GroundTruthTwin(path, data_key)
-    host, _, port = source.rpartition(":")
-    if host and port.isdigit() and not path.exists():
-        from twin.client import TwinClient
-
-        return TwinClient(source, model=model, data_key=data_key, timeout=timeout)
-    raise InvalidInput(
-        f"source: {source!r}; expected an artifact folder (manifest.json), a simulation folder "
-        "(ground_truth/) or a server's host:port"
-    )
+__all__ = ["experiment"]
 
 
 def _numbers(name: str, width: int | None = None) -> Callable[[click.Context, click.Parameter, Any], Any]:
