@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,88 +48,119 @@ def _ids(ctx: click.Context, param: click.Parameter, value: str | None) -> list[
         raise click.BadParameter(f"{value!r}; expected comma-separated neuron ids") from None
 
 
-def _common(command: Callable[..., None]) -> Callable[..., None]:
-    """SOURCE and the options every experiment takes."""
-    options = [
-        click.argument("source"),
-        click.option(
-            "--out",
-            type=click.Path(path_type=Path, file_okay=False),
-            required=True,
-            help="Folder for the results.",
-        ),
-        click.option(
-            "--data-key", default=None, help="Recording (data key); needed when SOURCE has several."
-        ),
-        click.option("--model", default=None, help="Model name on a server that has several."),
-        click.option(
-            "--neurons", callback=_ids, default=None, help="Comma-separated neuron ids (default: all)."
-        ),
-        click.option(
-            "--behavior",
-            callback=_numbers("pupil, its change, running", 3),
-            default=None,
-            help="Behaviour to show the stimuli in: pupil,dpupil,running (raw units).",
-        ),
-        click.option(
-            "--pupil-center",
-            callback=_numbers("x, y", 2),
-            default=None,
-            help="Pupil centre to show the stimuli in: x,y (raw units).",
-        ),
-        click.option(
-            "--compare",
-            type=click.Path(path_type=Path, file_okay=False, exists=True),
-            default=None,
-            help="Simulation folder: score the result against its ground-truth neurons.",
-        ),
-        click.option("--no-plot", is_flag=True, help="Skip the PNG."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+@dataclass
+class Setup:
+    """SOURCE and the options every experiment takes, and what every experiment does with them."""
+
+    source: str
+    out: Path
+    data_key: str | None
+    model: str | None
+    neurons: list[int] | None
+    behavior: np.ndarray | None
+    pupil_center: np.ndarray | None
+    compare: Path | None
+    no_plot: bool
+    _twin: Any = None
+
+    @property
+    def twin(self) -> Any:
+        if self._twin is None:
+            self._twin = open_twin(self.source, self.data_key, self.model)
+        return self._twin
+
+    @property
+    def condition(self) -> dict[str, Any]:
+        return {"behavior": self.behavior, "pupil_center": self.pupil_center}
+
+    def finish(self, kind: str, result: Any, parameters: dict, report: str) -> None:
+        """Write KIND.npz, KIND.json (with ground-truth scores under --compare) and KIND.png; report."""
+        scores = truth = None
+        if self.compare is not None:
+            from twin.experiments.ground_truth import GroundTruthTwin
+
+            ground = GroundTruthTwin(self.compare, self.twin.info()["data_key"])
+            if kind == "tuning":
+                scores = ground.score_tuning(result)
+            elif kind == "rf":
+                scores = ground.score_receptive_fields(result)
+            else:
+                scores = ground.score_meis(result, ground.natural_images())
+            truth = ground.truth(result.neuron_ids)
+        result.save(self.out / f"{kind}.npz")
+        document = {"experiment": kind, "source": self.source, "parameters": parameters}
+        document |= {"summary": result.summary()} | ({} if scores is None else {"ground_truth": scores})
+        write_json(self.out / f"{kind}.json", document)
+        written = [f"{kind}.npz", f"{kind}.json"]
+        if not self.no_plot:
+            from twin.experiments.plots import plot
+
+            plot(result, self.out / f"{kind}.png", truth)
+            written.append(f"{kind}.png")
+        click.echo(report)
+        if scores is not None:
+            shown = (f"{k} {_format(v)}" for k, v in scores.items() if not isinstance(v, list))
+            click.echo("against the ground truth: " + ", ".join(shown))
+        click.echo(f"wrote {', '.join(written)} to {self.out}")
 
 
-def _finish(
-    kind: str,
-    result: Any,
-    out: Path,
-    source: str,
-    parameters: dict,
-    scores: dict | None,
-    truth: dict | None,
-    no_plot: bool,
-    report: str,
-) -> None:
-    result.save(out / f"{kind}.npz")
-    document = {"experiment": kind, "source": source, "parameters": parameters, "summary": result.summary()}
-    if scores is not None:
-        document["ground_truth"] = scores
-    write_json(out / f"{kind}.json", document)
-    written = [f"{kind}.npz", f"{kind}.json"]
-    if not no_plot:
-        from twin.experiments.plots import plot
+_SETUP_OPTIONS = [
+    click.argument("source"),
+    click.option(
+        "--out",
+        type=click.Path(path_type=Path, file_okay=False),
+        required=True,
+        help="Folder for the results.",
+    ),
+    click.option("--data-key", default=None, help="Recording (data key); needed when SOURCE has several."),
+    click.option("--model", default=None, help="Model name on a server that has several."),
+    click.option("--neurons", callback=_ids, default=None, help="Comma-separated neuron ids (default: all)."),
+    click.option(
+        "--behavior",
+        callback=_numbers("pupil, its change, running", 3),
+        default=None,
+        help="Behaviour to show the stimuli in: pupil,dpupil,running (raw units).",
+    ),
+    click.option(
+        "--pupil-center",
+        callback=_numbers("x, y", 2),
+        default=None,
+        help="Pupil centre to show the stimuli in: x,y (raw units).",
+    ),
+    click.option(
+        "--compare",
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        default=None,
+        help="Simulation folder: score the result against its ground-truth neurons.",
+    ),
+    click.option("--no-plot", is_flag=True, help="Skip the PNG."),
+]
+_SETUP_FIELDS = (
+    "source",
+    "out",
+    "data_key",
+    "model",
+    "neurons",
+    "behavior",
+    "pupil_center",
+    "compare",
+    "no_plot",
+)
 
-        plot(result, out / f"{kind}.png", truth)
-        written.append(f"{kind}.png")
-    click.echo(report)
-    if scores is not None:
-        click.echo(
-            "against the ground truth: "
-            + ", ".join(f"{k} {_format(v)}" for k, v in scores.items() if not isinstance(v, list))
-        )
-    click.echo(f"wrote {', '.join(written)} to {out}")
+
+def _setup(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds SOURCE and the shared options, handed to the command as one `Setup`."""
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        setup = Setup(**{name: kwargs.pop(name) for name in _SETUP_FIELDS})
+        command(setup, **kwargs)
+
+    return functools.reduce(lambda f, option: option(f), reversed(_SETUP_OPTIONS), run)
 
 
 def _format(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _truth(compare: Path | None, twin: Any, ids: np.ndarray) -> tuple[Any, dict | None]:
-    if compare is None:
-        return None, None
-    from twin.experiments.ground_truth import GroundTruthTwin
-
-    ground = GroundTruthTwin(compare, twin.info()["data_key"])
-    return ground, ground.truth(ids)
 
 
 @click.group()
@@ -143,7 +175,7 @@ def experiment() -> None:
 
 
 @experiment.command()
-@_common
+@_setup
 @click.option("--orientations", type=click.IntRange(min=2), default=16, show_default=True)
 @click.option(
     "--periods",
@@ -160,95 +192,49 @@ def experiment() -> None:
     help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
 )
 def tuning(
-    source,
-    out,
-    data_key,
-    model,
-    neurons,
-    behavior,
-    pupil_center,
-    compare,
-    no_plot,
-    orientations,
-    periods,
-    phases,
-    amplitude,
+    setup: Setup, orientations: int, periods: np.ndarray, phases: int, amplitude: float | None
 ) -> None:
     """Orientation and spatial-frequency tuning from full-field gratings."""
     from twin.experiments.tuning import orientation_tuning
 
-    twin = open_twin(source, data_key, model)
     result = orientation_tuning(
-        twin,
-        neurons,
+        setup.twin,
+        setup.neurons,
         orientations=orientations,
         periods=periods,
         phases=phases,
         amplitude=amplitude,
-        behavior=behavior,
-        pupil_center=pupil_center,
+        **setup.condition,
     )
-    ground, truth = _truth(compare, twin, result.neuron_ids)
     selectivity = result.orientation_selectivity
     report = (
         f"tuning of {result.neuron_ids.size} neurons: orientation selectivity median "
         f"{np.median(selectivity):.3f}, {np.mean(selectivity >= 0.2):.0%} >= 0.2"
     )
-    parameters = {
-        "orientations": orientations,
-        "periods": periods.tolist(),
-        "phases": phases,
-        "amplitude": result.amplitude,
-    }
-    _finish(
-        "tuning",
-        result,
-        out,
-        source,
-        parameters,
-        ground and ground.score_tuning(result),
-        truth,
-        no_plot,
-        report,
-    )
+    parameters = {"orientations": orientations, "periods": periods.tolist(), "phases": phases}
+    setup.finish("tuning", result, parameters | {"amplitude": result.amplitude}, report)
 
 
 @experiment.command()
-@_common
+@_setup
 @click.option(
     "--square", type=click.IntRange(min=1), default=4, show_default=True, help="Square side, pixels."
 )
 @click.option("--stride", type=click.IntRange(min=1), default=2, show_default=True, help="Grid step, pixels.")
-def rf(
-    source, out, data_key, model, neurons, behavior, pupil_center, compare, no_plot, square, stride
-) -> None:
+def rf(setup: Setup, square: int, stride: int) -> None:
     """Receptive fields mapped with sparse noise (black and white squares on gray)."""
     from twin.experiments.receptive_field import receptive_fields
 
-    twin = open_twin(source, data_key, model)
-    result = receptive_fields(
-        twin, neurons, square=square, stride=stride, behavior=behavior, pupil_center=pupil_center
-    )
-    ground, truth = _truth(compare, twin, result.neuron_ids)
+    result = receptive_fields(setup.twin, setup.neurons, square=square, stride=stride, **setup.condition)
     report = (
         f"receptive fields of {result.neuron_ids.size} neurons on a {result.y.size} x {result.x.size} "
         f"grid of {square}-pixel squares"
     )
-    _finish(
-        "rf",
-        result,
-        out,
-        source,
-        {"square": square, "stride": stride},
-        ground and ground.score_receptive_fields(result),
-        truth,
-        no_plot,
-        report,
-    )
+    setup.finish("rf", result, {"square": square, "stride": stride}, report)
 
 
 @experiment.command()
-@_common
+@_setup
 @click.option(
     "--count", type=click.IntRange(min=1), default=None, help="Without --neurons: the first COUNT neurons."
 )
@@ -276,33 +262,25 @@ def rf(
 @click.option("--start", type=click.Choice(["noise", "gray"]), default="noise", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def mei(
-    source,
-    out,
-    data_key,
-    model,
-    neurons,
-    behavior,
-    pupil_center,
-    compare,
-    no_plot,
-    count,
-    steps,
-    step,
-    rms_contrast,
-    blur,
-    start,
-    seed,
+    setup: Setup,
+    count: int | None,
+    steps: int,
+    step: float,
+    rms_contrast: float | None,
+    blur: float,
+    start: str,
+    seed: int,
 ) -> None:
     """Most exciting images: gradient ascent on each neuron's predicted response (needs a gradient)."""
     from twin.experiments.mei import most_exciting_images
 
-    twin = open_twin(source, data_key, model)
+    neurons = setup.neurons
     if neurons is None:
         if count is None:
             raise InvalidInput("neurons: none given; expected --neurons ID,... or --count N")
-        neurons = twin.info()["neuron_ids"][:count]
+        neurons = setup.twin.info()["neuron_ids"][:count]
     result = most_exciting_images(
-        twin,
+        setup.twin,
         neurons,
         steps=steps,
         step=step,
@@ -310,22 +288,12 @@ def mei(
         blur=blur,
         start=start,
         seed=seed,
-        behavior=behavior,
-        pupil_center=pupil_center,
+        **setup.condition,
     )
-    ground, truth = _truth(compare, twin, result.neuron_ids)
     gain = np.median(result.activation / np.maximum(result.start, 1e-12))
     report = (
         f"MEIs of {result.neuron_ids.size} neurons: predicted response median "
         f"{np.median(result.activation):.3g} ({gain:.3g}x the start), RMS contrast {result.rms_contrast:.3g}"
     )
-    parameters = {
-        "steps": steps,
-        "step": step,
-        "rms_contrast": result.rms_contrast,
-        "blur": blur,
-        "start": start,
-        "seed": seed,
-    }
-    scores = None if ground is None else ground.score_meis(result, ground.natural_images())
-    _finish("mei", result, out, source, parameters, scores, truth, no_plot, report)
+    parameters = {"steps": steps, "step": step, "rms_contrast": result.rms_contrast, "blur": blur}
+    setup.finish("mei", result, parameters | {"start": start, "seed": seed}, report)
