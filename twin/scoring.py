@@ -65,7 +65,7 @@ def _fingerprint(array: np.ndarray | None) -> dict[str, Any] | None:
 def _rows(name: str, value: Any, n: int, width: int) -> np.ndarray | None:
     if value is None:
         return None
-    a = np.asarray(value) if not isinstance(value, np.memmap) else value
+    a = value if isinstance(value, np.ndarray) else np.asarray(value)  # a memory map stays one
     if a.shape != (n, width):
         raise InvalidInput(f"{name}: shape {a.shape}; expected ({n}, {width}), one row per image")
     return a
@@ -93,6 +93,7 @@ def predict_to_file(
         raise InvalidInput(f"out: {out}; expected .npy file names for the responses (and std)")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InvalidInput(f"batch: {batch!r}; expected an integer >= 1")
+    images = images if isinstance(images, np.ndarray) else np.asarray(images)
     if images.ndim not in (3, 4) or len(images) == 0:
         raise InvalidInput(f"images: shape {images.shape}; expected (n, H, W) or (n, 1, H, W) with n >= 1")
     n = len(images)

@@ -255,6 +255,13 @@ def test_bad_arguments_are_refused_naming_the_field(local, call, message):
         call(local)
 
 
+def test_stimuli_need_the_twins_image_statistics():
+    model = LinearTwin(np.ones((2, 8, 8)))
+    model.info = lambda: {k: v for k, v in LinearTwin.info(model).items() if k != "image_mean"}
+    with pytest.raises(InvalidInput, match=r"^image_mean: missing from the twin's info\(\)"):
+        orientation_tuning(model)
+
+
 def test_an_mei_needs_a_twin_with_a_gradient(truth_twin):
     with pytest.raises(InvalidInput, match=r"^twin: GroundTruthTwin; expected a twin with gradient\(\)"):
         most_exciting_images(truth_twin, truth_twin.neuron_ids[:2])

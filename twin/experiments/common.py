@@ -72,7 +72,7 @@ def _row(name: str, value: Any, width: int) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class Subject:
-    """The twin under study and the neurons an experiment reports: ids, and their response columns."""
+    """The twin under study, the ids of the neurons an experiment reports, and the condition."""
 
     twin: Predictor
     info: dict[str, Any]
@@ -128,12 +128,19 @@ class Subject:
     @property
     def gray(self) -> float:
         """Mean luminance of the training images (raw units): the background of every stimulus."""
-        return float(self.info.get("image_mean", 127.5))
+        return self._statistic("image_mean")
 
     @property
     def contrast(self) -> float:
         """Pixel sd of the training images (raw units): the natural contrast scale."""
-        return float(self.info.get("image_std", 55.0))
+        return self._statistic("image_std")
+
+    def _statistic(self, name: str) -> float:
+        if name not in self.info:
+            raise InvalidInput(
+                f"{name}: missing from the twin's info(); expected the training images' pixel statistics"
+            )
+        return float(self.info[name])
 
 
 def responses(subject: Subject, images: np.ndarray, *, batch: int = 256) -> np.ndarray:
