@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 import twin
 from training.data import Preprocessing
 from training.models import ModelConfig, Twin
-from training.run import load_members
+from training.run import load_members, selected_members
 from twin.artifact import MANIFEST, RESPONSE_UNITS, SCHEMA_VERSION, checksum
 from twin.data import load_recording
 from twin.errors import FormatError, InvalidInput
@@ -52,6 +52,7 @@ __all__ = [
     "ResponseGraph",
     "export_run",
     "fold_batch_norm",
+    "recording_entry",
     "required_inputs",
 ]
 
@@ -418,6 +419,25 @@ def _recording(path: str, data_key: str, n_neurons: int) -> tuple[list[int], tup
     return [int(i) for i in rec.neuron_ids], rec.image_shape
 
 
+def recording_entry(description: dict, data_key: str) -> dict[str, Any]:
+    """What a manifest says of one recording a run was trained on, graphs and metrics aside: neurons,
+    their coordinates, input sizes, preprocessing, required inputs, response units."""
+    pre = Preprocessing.from_dict(description["preprocessing"][data_key])
+    neuron_ids, recording_size = _recording(
+        description["recordings"][data_key], data_key, len(pre.response_std)
+    )
+    return {
+        "n_neurons": len(neuron_ids),
+        "neuron_ids": neuron_ids,
+        "cortical_coordinates": description["coordinates"][data_key],
+        "image_size": list(pre.image_size),
+        "recording_image_size": list(recording_size),
+        "preprocessing": pre.to_dict(),
+        "requires": required_inputs(ModelConfig.from_dict(description["model"])),
+        "response_units": RESPONSE_UNITS,
+    }
+
+
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"out: {out} already exists; expected a new or empty folder (or force=True)")
@@ -448,9 +468,7 @@ def export_run(
     if not _SAFE_KEY.match(name):
         raise InvalidInput(f"name: {name!r}; expected letters, digits, '.', '_' or '-'")
     summary = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    indices = list(range(description["members"]))
-    if (run / "selection.json").is_file():
-        indices = json.loads((run / "selection.json").read_text())["selected"]
+    indices = selected_members(run, description)
     for key in description["preprocessing"]:
         if not _SAFE_KEY.match(key):
             raise InvalidInput(f"data_key: {key!r}; expected letters, digits, '.', '_' or '-' (a file name)")
@@ -462,22 +480,9 @@ def export_run(
             description["preprocessing"].items(), desc="export", unit="recording", disable=not progress
         )
         for key, pre_dict in keys:
-            pre = Preprocessing.from_dict(pre_dict)
-            neuron_ids, recording_size = _recording(
-                description["recordings"][key], key, len(pre.response_std)
-            )
-            recordings[key] = _export_key(nets, key, pre, tmp, opset)
-            recordings[key].update(
-                n_neurons=len(neuron_ids),
-                neuron_ids=neuron_ids,
-                cortical_coordinates=description["coordinates"][key],
-                image_size=list(pre.image_size),
-                recording_image_size=list(recording_size),
-                preprocessing=pre.to_dict(),
-                requires=required_inputs(config),
-                response_units=RESPONSE_UNITS,
-                test_metrics=summary.get("test", {}).get(key),
-            )
+            entry = recording_entry(description, key)  # before the export: a missing recording fails fast
+            graphs = _export_key(nets, key, Preprocessing.from_dict(pre_dict), tmp, opset)
+            recordings[key] = {**graphs, **entry, "test_metrics": summary.get("test", {}).get(key)}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": name,

@@ -346,6 +346,14 @@ def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], membe
     return summary
 
 
+def selected_members(run_dir: str | os.PathLike[str], description: dict) -> list[int]:
+    """Indices of the members the ensemble keeps: the greedy selection's, or all before one was made."""
+    selection = Path(run_dir) / "selection.json"
+    if selection.is_file():
+        return [int(i) for i in json.loads(selection.read_text())["selected"]]
+    return list(range(description["members"]))
+
+
 def load_members(
     run_dir: str | os.PathLike[str], device: str = "cpu", *, selected_only: bool = False
 ) -> tuple[dict, list[torch.nn.Module]]:
@@ -361,9 +369,7 @@ def load_members(
         key: RecordingShape(n_neurons=len(c), coordinates=c, mean_response=None)
         for key, c in coordinates.items()
     }
-    indices = list(range(description["members"]))
-    if selected_only and (run / "selection.json").is_file():
-        indices = json.loads((run / "selection.json").read_text())["selected"]
+    indices = selected_members(run, description) if selected_only else list(range(description["members"]))
     nets = []
     for i in indices:
         best = run / "members" / f"member-{i}" / BEST

@@ -48,14 +48,21 @@ def open_twin(
     model: str | None = None,
     timeout: float = 60.0,
 ) -> Any:
-    """The twin behind `source`: an artifact folder (in process), a simulation folder (its ground-truth
-    neurons, `twin.experiments.GroundTruthTwin`) or a server's "host:port" (`TwinClient`). `data_key` may
+    """The twin behind `source`: an artifact folder (in process), a training run (in torch, `TorchTwin`),
+    a simulation folder (its ground-truth neurons, `twin.experiments.GroundTruthTwin`) or a server's
+    "host:port" (`TwinClient`). `data_key` may
     be left out where there is one recording; `model` names one of several on a server."""
     from pathlib import Path
 
     path = Path(source)
     if path.is_dir() and (path / "manifest.json").is_file():
         return load(path).twin(data_key)
+    if path.is_dir() and (path / "run.json").is_file():
+        try:
+            from training.torch_twin import TorchTwin
+        except ImportError as exc:
+            raise InvalidInput(f"source: {path} is a training run; its twin needs torch ({exc})") from None
+        return TorchTwin(path, data_key)
     if path.is_dir() and (path / "ground_truth").is_dir():
         from twin.experiments.ground_truth import GroundTruthTwin
 
@@ -71,8 +78,8 @@ def open_twin(
 
         return TwinClient(str(source), model=model, data_key=data_key, timeout=timeout)
     raise InvalidInput(
-        f"source: {str(source)!r}; expected an artifact folder (manifest.json), a simulation folder "
-        "(ground_truth/) or a server's host:port"
+        f"source: {str(source)!r}; expected an artifact folder (manifest.json), a training run (run.json), "
+        "a simulation folder (ground_truth/) or a server's host:port"
     )
 
 

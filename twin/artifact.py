@@ -26,6 +26,7 @@ __all__ = [
     "RESPONSE_UNITS",
     "SCHEMA_VERSION",
     "Artifact",
+    "CheckedTwin",
     "OnnxTwin",
     "checksum",
     "execution_providers",
@@ -205,18 +206,27 @@ def _session(path: Path, threads: int | None, providers: Sequence[str] = ("CPUEx
         raise FormatError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
 
 
-class OnnxTwin:
-    """One recording's twin on ONNX Runtime. Thread-safe: sessions are shared, calls keep no state.
+class CheckedTwin:
+    """The twin interface (DESIGN.md §3) over one recording, with every input checked the same way
+    whatever runs the model: subclasses implement `run` (responses) and `run_gradient`.
 
     Inputs are in the recording's raw units (DESIGN.md §1): images (B, H, W) or (B, 1, H, W) at the
     model's or the recording's resolution, behaviour (B, 3) and pupil centre (B, 2) where the model
-    needs them. Responses are on the recording's response scale.
+    needs them. Responses are on the recording's response scale. `entry` is a manifest's recording entry.
     """
 
-    def __init__(self, artifact: Artifact, data_key: str):
-        entry = artifact.manifest["recordings"][data_key]
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        data_key: str,
+        entry: dict[str, Any],
+        members: list[str],
+        n_members: int,
+    ) -> None:
+        self.name = name
+        self.version = version
         self.data_key = data_key
-        self.artifact = artifact
         self.entry = entry
         self.neuron_ids = np.asarray(entry["neuron_ids"], np.int64)
         self.n_neurons = int(entry["n_neurons"])
@@ -225,26 +235,14 @@ class OnnxTwin:
         self.recording_image_size = (int(height), int(width))
         self.requires = {k: bool(v) for k, v in entry["requires"].items()}
         self._columns = {int(i): c for c, i in enumerate(self.neuron_ids)}
-        self._responses = _session(
-            artifact.path / entry["graphs"]["responses"], artifact.threads, artifact.providers
-        )
-        self._gradient: Any = None
-        self._lock = threading.Lock()
-        inputs = {i.name for i in self._responses.get_inputs()}
-        expected = {"images"} | {name for name, needed in self.requires.items() if needed}
-        if inputs != expected:
-            raise FormatError(
-                f"{artifact.path / entry['graphs']['responses']}: inputs {sorted(inputs)}; "
-                f"the manifest says {sorted(expected)}"
-            )
-        self.members = list(artifact.manifest.get("members", []))
-        self.n_members = int(self._responses.get_outputs()[2].shape[0])
+        self.members = list(members)
+        self.n_members = int(n_members)
 
     def info(self) -> dict[str, Any]:
         """What a caller needs to know: identity, neurons, input sizes, required inputs, units."""
         return {
-            "name": self.artifact.name,
-            "version": self.artifact.version,
+            "name": self.name,
+            "version": self.version,
             "data_key": self.data_key,
             "n_neurons": self.n_neurons,
             "neuron_ids": self.neuron_ids.tolist(),
@@ -330,14 +328,13 @@ class OnnxTwin:
     # ----- the twin interface -----
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The response graph on a feed from `check_inputs`: [mean (B, N), std (B, N), members (M, B, N)]."""
-        return self._responses.run(None, feed)
+        """The model on a feed from `check_inputs`: [mean (B, N), std (B, N), members (M, B, N)]."""
+        raise NotImplementedError
 
     def run_gradient(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """The gradient graph on a feed from `check_inputs` plus checked (B, N) float32 `weights`:
+        """The input gradient on a feed from `check_inputs` plus checked (B, N) float32 `weights`:
         (B, H, W) at the model's resolution."""
-        (gradient,) = self._gradient_session().run(None, feed)
-        return gradient
+        raise NotImplementedError
 
     def _run(self, images: Any, behavior: Any, pupil_center: Any) -> list[np.ndarray]:
         return self.run(self.check_inputs(images, behavior, pupil_center)[0])
@@ -383,6 +380,43 @@ class OnnxTwin:
             raise InvalidInput("weights: contains NaN or inf; expected finite values")
         gradient = self.run_gradient({**feed, "weights": w})
         return resize_adjoint(gradient, self.recording_image_size) if resized else gradient
+
+
+class OnnxTwin(CheckedTwin):
+    """One recording's twin on ONNX Runtime. Thread-safe: sessions are shared, calls keep no state."""
+
+    def __init__(self, artifact: Artifact, data_key: str):
+        entry = artifact.manifest["recordings"][data_key]
+        self.artifact = artifact
+        self._responses = _session(
+            artifact.path / entry["graphs"]["responses"], artifact.threads, artifact.providers
+        )
+        self._gradient: Any = None
+        self._lock = threading.Lock()
+        super().__init__(
+            artifact.name,
+            artifact.version,
+            data_key,
+            entry,
+            list(artifact.manifest.get("members", [])),
+            int(self._responses.get_outputs()[2].shape[0]),
+        )
+        inputs = {i.name for i in self._responses.get_inputs()}
+        expected = {"images"} | {name for name, needed in self.requires.items() if needed}
+        if inputs != expected:
+            raise FormatError(
+                f"{artifact.path / entry['graphs']['responses']}: inputs {sorted(inputs)}; "
+                f"the manifest says {sorted(expected)}"
+            )
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The response graph on a feed from `check_inputs`: [mean (B, N), std (B, N), members (M, B, N)]."""
+        return self._responses.run(None, feed)
+
+    def run_gradient(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The gradient graph on a feed from `check_inputs` plus checked (B, N) float32 `weights`."""
+        (gradient,) = self._gradient_session().run(None, feed)
+        return gradient
 
     def _gradient_session(self) -> Any:
         """Built on first use, with one intra-op thread: ONNX Runtime's multi-threaded ScatterND(add),

@@ -172,6 +172,57 @@ def test_behavior_artifact_matches_the_torch_ensemble_at_both_resolutions(
         _close(gradient, _reference_gradient(nets, pre, "90002-1-1", x, weights))
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_torch_twin_answers_as_the_artifact_does(behavior_run, behavior_artifact, batch):
+    """TorchTwin: the run itself behind the twin interface, before export (DESIGN.md §3)."""
+    from training.torch_twin import TorchTwin
+
+    torch_twin = TorchTwin(behavior_run)
+    onnx_twin = artifact.load(behavior_artifact, threads=2).twin()
+    nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
+    identity = ("name", "version")
+    assert {k: v for k, v in torch_twin.info().items() if k not in identity} == {
+        k: v for k, v in onnx_twin.info().items() if k not in identity
+    }
+    assert torch_twin.info()["name"] == "twin-behavior-tiny" and torch_twin.members == [
+        "member-1",
+        "member-0",
+    ]
+    for size in (onnx_twin.recording_image_size, onnx_twin.image_size):
+        x = _inputs(pre, batch, size, 10 + batch)
+        (mean, std), (onnx_mean, onnx_std) = torch_twin.predict(**x), onnx_twin.predict(**x)
+        _close(mean, onnx_mean)
+        np.testing.assert_allclose(std, onnx_std, atol=RTOL * np.abs(onnx_mean).max())
+        _close(torch_twin.predict_members(**x), onnx_twin.predict_members(**x))
+        ids = onnx_twin.neuron_ids[[9, 2]]
+        _close(torch_twin.predict(**x, neurons=ids)[0], onnx_twin.predict(**x, neurons=ids)[0])
+        weights = np.random.default_rng(batch).normal(size=(batch, 150)).astype(np.float32)
+        gradient = torch_twin.gradient(x["images"], weights, x["behavior"], x["pupil_center"])
+        assert gradient.shape == (batch, *size)
+        _close(gradient, _reference_gradient(nets, pre, "90002-1-1", x, weights))
+    with pytest.raises(InvalidInput, match=r"^behavior: None; the twin of 90002-1-1 needs"):
+        torch_twin.predict(x["images"])
+    with pytest.raises(InvalidInput, match=r"^weights: shape \(\d, 149\)"):
+        torch_twin.gradient(x["images"], weights[:, 1:], x["behavior"], x["pupil_center"])
+
+
+def test_open_twin_opens_a_run_in_torch_and_experiments_agree_with_the_artifact(tiny_run, tiny_artifact):
+    import twin
+    from training.torch_twin import TorchTwin
+    from twin.experiments import most_exciting_images, receptive_fields
+
+    torch_twin = twin.open_twin(tiny_run, "90001-1-1")
+    assert isinstance(torch_twin, TorchTwin)
+    onnx_twin = twin.open_twin(tiny_artifact, "90001-1-1")
+    ids = onnx_twin.neuron_ids[:4]
+    on = [receptive_fields(t, ids, square=6, stride=6).on for t in (torch_twin, onnx_twin)]
+    _close(on[0], on[1], rtol=1e-4)
+    meis = [most_exciting_images(t, ids, steps=3, blur=0) for t in (torch_twin, onnx_twin)]
+    _close(meis[0].activation, meis[1].activation, rtol=1e-3)
+    with pytest.raises(InvalidInput, match=r"^data_key: None; run .* was trained on"):
+        twin.open_twin(tiny_run)
+
+
 def test_gradient_is_right_whatever_the_thread_count(behavior_run, behavior_artifact):
     """ORT's multi-threaded ScatterND(add) loses updates (TOOLCHAIN.md): the gradient runs one thread."""
     nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
