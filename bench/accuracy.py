@@ -6,6 +6,9 @@ correlation, correlation to average, FEVE. SENSORIUM track = the image-only reco
 behaviour, trained with one shared core on every recording of the preset); SENSORIUM+ track = the
 behaviour recording (the behaviour variants: cnn_behavior, twin_behavior, reference with behaviour
 channels and shifter). Held-out test responses are read from the simulation's held_out/ folder.
+In silico, per row of ours and the oracle: the median distance of the sparse-noise receptive-field
+centres from the true ones and the median preferred-orientation error of grating tuning, against the
+simulated neurons (`in_silico`, twin.experiments); the oracle's row is the experiments' own error floor.
 
 `twin` rows pre-train one core on every recording and fine-tune it on the track's recording, when the
 preset has more than one (the winners' recipe). The pre-trained model is the image-only counterpart of
@@ -179,7 +182,39 @@ def run_ours(
         "seconds": round(time.perf_counter() - started, 1),
         "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(scores[key])},
         "members": each,
+        "in_silico": in_silico(run, target, key, config.device),
     }
+
+
+def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> dict:
+    """How closely the trained ensemble's sparse-noise receptive fields and grating tuning match the
+    simulated neurons' true centres and orientations (twin.experiments; the model in torch on `device`;
+    run None: the ground truth itself, the experiments' own error floor).
+    Behaviour models see the stimuli at the recording's mean behaviour and pupil position, where the
+    ground truth's gain is about 1 and the eye at rest. An error is recorded, not raised: the cell's
+    scores stand without it."""
+    try:
+        from training.torch_twin import TorchTwin
+        from twin.data import load_recording
+        from twin.experiments import GroundTruthTwin, orientation_tuning, receptive_fields
+
+        truth = GroundTruthTwin(target.parent, key)
+        model = truth if run is None else TorchTwin(run, key, device=device)
+        condition = {}
+        if any(model.info()["requires"].values()):
+            stats = load_recording(target, progress=False).statistics
+            condition = {
+                k: np.asarray(stats[k]["all"]["mean"], np.float32) for k in ("behavior", "pupil_center")
+            }
+        fields = truth.score_receptive_fields(receptive_fields(model, **condition))
+        tuning = truth.score_tuning(orientation_tuning(model, **condition))
+        keep = ("center_error_px_median", "within_2px_fraction")
+        return {k: fields[k] for k in keep} | {
+            k: tuning[k]
+            for k in ("orientation_error_deg_median", "selective_fraction", "period_rank_correlation")
+        }
+    except Exception as exc:  # a failed extra measurement must not lose the trained cell
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 # TrainConfig fields that `twin train` does not take: they must keep their defaults to train through it.
@@ -441,6 +476,8 @@ def main() -> None:
         "sensorium": {**roles["image_only"]["ceilings"]["test"]["image_only"]},
         "sensorium+": {**roles["behavior"]["ceilings"]["test"]["with_behavior"]},
     }
+    for track, role in TRACKS.items():
+        table["oracle"][track]["in_silico"] = in_silico(None, target[track], roles[role]["data_key"])
     # (row, track, function, keyword arguments): the reference and the ensembles first (the longest).
     cells: list[tuple[str, str, object, dict]] = []
     if not args.skip_reference:
@@ -593,6 +630,21 @@ def _print(table: dict) -> None:
                 f" | {s['single_trial_correlation']:.3f}    {s['correlation_to_average']:.3f}   {feve:>6}  "
             )
         print(f"{row:<24}" + "".join(cells))
+    print(
+        "\nin silico, against the simulated neurons: receptive-field centre error (px, median) / "
+        "preferred-orientation error (degrees, median)"
+    )
+    for row, tracks in table.items():
+        cells = []
+        for track in TRACKS:
+            found = (tracks.get(track) or {}).get("in_silico") or {}
+            text = " / ".join(
+                "-" if found.get(k) is None else f"{found[k]:.{d}f}"
+                for k, d in (("center_error_px_median", 2), ("orientation_error_deg_median", 1))
+            )
+            cells.append(f" | {text:^26}")
+        if any(c.strip(" |") != "- / -" for c in cells):
+            print(f"{row:<24}" + "".join(cells))
     sys.stdout.flush()
 
 

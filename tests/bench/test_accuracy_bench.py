@@ -56,6 +56,12 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
     for row in ("CNN (ours)", "twin ensemble (2)"):
         scores = table[row]["sensorium+"]
         assert -1 <= scores["single_trial_correlation"] <= 1 and -1 <= scores["correlation_to_average"] <= 1
+        # in silico against the simulated neurons: measured for each trained row (1 epoch: not judged)
+        assert scores["in_silico"]["center_error_px_median"] >= 0, scores["in_silico"]
+        assert 0 <= scores["in_silico"]["orientation_error_deg_median"] <= 90
+    floor = table["oracle"]["sensorium+"]["in_silico"]  # the ground truth: the experiments' own error
+    assert floor["center_error_px_median"] < 0.5 and floor["orientation_error_deg_median"] < 1.0
+    assert "in silico, against the simulated neurons" in done.stdout
 
 
 @pytest.mark.slow
