@@ -434,8 +434,8 @@ def predict(
 ) -> None:
     """Batch scoring: predicted responses of a twin to many images, written to .npy chunk by chunk.
 
-    SOURCE: an artifact folder or a server's host:port. A killed run resumes from its last chunk when
-    started again with the same arguments; the output appears whole, under its name, at the end.
+    SOURCE: an artifact folder, a training run or a server's host:port. A killed run resumes from its last
+    chunk when started again with the same arguments; the output appears whole, under its name, at the end.
     """
     import numpy as np
 

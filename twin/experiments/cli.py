@@ -1,9 +1,10 @@
 """`twin experiment tuning|rf|mei SOURCE`: in-silico experiments from the command line.
 
-SOURCE is an artifact folder (as `twin export` writes it), a served model's `host:port`, or a simulation
-folder (`twin simulate`), whose ground-truth neurons then answer. Each command writes NAME.npz (every
-array), NAME.json (per-neuron summary, parameters, and with --compare the scores against the simulated
-mouse's ground truth) and NAME.png (with matplotlib) into --out, and prints a short report.
+SOURCE is an artifact folder (as `twin export` writes it), a training run (in torch), a served model's
+`host:port`, or a simulation folder (`twin simulate`), whose ground-truth neurons then answer. Each
+command writes NAME.npz (every array), NAME.json (per-neuron summary, parameters, and with --compare the
+scores against the simulated mouse's ground truth) and NAME.png (with matplotlib) into --out, and prints
+a short report.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def experiment() -> None:
     """In-silico experiments on a twin: tuning curves, receptive fields, most exciting images.
 
     \b
-    SOURCE: an artifact folder, a served model's host:port, or a simulation folder (ground truth).
+    SOURCE: an artifact folder, a training run (torch), a served model's host:port, or a simulation
+    folder (its ground-truth neurons).
       twin experiment tuning models/cnn/1 --data-key 90001-1-1 --out tuning/ --compare sim/
       twin experiment mei localhost:8001 --neurons 3,7,12 --out meis/
     """
