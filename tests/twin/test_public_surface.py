@@ -20,6 +20,15 @@ def test_importing_twin_pulls_in_no_heavy_dependency():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_command_starts_without_numpy_or_the_data_package():
+    """`twin health` runs as the serving image's HEALTHCHECK: registering every command (`twin experiment`
+    included) imports what the commands run only when they run."""
+    late = ("numpy", "twin.data", "twin.experiments.mei")
+    code = f"import sys, twin.cli\nprint([m for m in {late!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     "module",
     [

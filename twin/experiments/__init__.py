@@ -9,11 +9,31 @@
 
 from __future__ import annotations
 
-from twin.experiments.common import Condition, Predictor, Result, Twin
-from twin.experiments.ground_truth import GroundTruthTwin
-from twin.experiments.mei import MEIs, most_exciting_images
-from twin.experiments.receptive_field import ReceptiveFields, receptive_fields
-from twin.experiments.tuning import Tuning, orientation_tuning
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twin.experiments.common import Condition, Predictor, Result, Twin
+    from twin.experiments.ground_truth import GroundTruthTwin
+    from twin.experiments.mei import MEIs, most_exciting_images
+    from twin.experiments.receptive_field import ReceptiveFields, receptive_fields
+    from twin.experiments.tuning import Tuning, orientation_tuning
+
+# name -> the module that holds it: imported on first use, so that the `twin` command (which registers
+# `twin experiment` from twin.experiments.cli) does not load numpy and the data package at start-up
+_HOME = {
+    "Condition": "common",
+    "Predictor": "common",
+    "Result": "common",
+    "Twin": "common",
+    "GroundTruthTwin": "ground_truth",
+    "MEIs": "mei",
+    "most_exciting_images": "mei",
+    "ReceptiveFields": "receptive_field",
+    "receptive_fields": "receptive_field",
+    "Tuning": "tuning",
+    "orientation_tuning": "tuning",
+}
 
 __all__ = [
     "Condition",
@@ -28,3 +48,9 @@ __all__ = [
     "orientation_tuning",
     "receptive_fields",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'twin.experiments' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"twin.experiments.{_HOME[name]}"), name)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from twin import open_twin
 from twin.atomic import write_json
@@ -26,14 +25,14 @@ __all__ = ["experiment"]
 
 
 def _numbers(name: str, width: int | None = None) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> np.ndarray | None:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
         if value is None:
             return None
         try:
-            numbers = np.array([float(v) for v in value.split(",")])
+            numbers = [float(v) for v in value.split(",")]
         except ValueError:
             raise click.BadParameter(f"{value!r}; expected comma-separated numbers") from None
-        if width is not None and numbers.size != width:
+        if width is not None and len(numbers) != width:
             raise click.BadParameter(f"{value!r}; expected {width} comma-separated numbers ({name})")
         return numbers
 
@@ -58,8 +57,8 @@ class Setup:
     data_key: str | None
     model: str | None
     neurons: list[int] | None
-    behavior: np.ndarray | None
-    pupil_center: np.ndarray | None
+    behavior: list[float] | None
+    pupil_center: list[float] | None
     compare: Path | None
     no_plot: bool
     _twin: Any = None
@@ -194,9 +193,11 @@ def experiment() -> None:
     help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
 )
 def tuning(
-    setup: Setup, orientations: int, periods: np.ndarray, phases: int, amplitude: float | None
+    setup: Setup, orientations: int, periods: list[float], phases: int, amplitude: float | None
 ) -> None:
     """Orientation and spatial-frequency tuning from full-field gratings."""
+    import numpy as np
+
     from twin.experiments.tuning import orientation_tuning
 
     result = orientation_tuning(
@@ -213,7 +214,7 @@ def tuning(
         f"tuning of {result.neuron_ids.size} neurons: orientation selectivity median "
         f"{np.median(selectivity):.3f}, {np.mean(selectivity >= 0.2):.0%} >= 0.2"
     )
-    parameters = {"orientations": orientations, "periods": periods.tolist(), "phases": phases}
+    parameters = {"orientations": orientations, "periods": periods, "phases": phases}
     setup.finish("tuning", result, parameters | {"amplitude": result.amplitude}, report)
 
 
@@ -274,6 +275,8 @@ def mei(
     seed: int,
 ) -> None:
     """Most exciting images: gradient ascent on each neuron's predicted response (needs a gradient)."""
+    import numpy as np
+
     from twin.experiments.mei import most_exciting_images
 
     neurons = setup.neurons
