@@ -50,8 +50,8 @@ def open_twin(
 ) -> Any:
     """The twin behind `source`: an artifact folder (in process), a training run (in torch, `TorchTwin`),
     a simulation folder (its ground-truth neurons, `twin.experiments.GroundTruthTwin`) or a server's
-    "host:port" (`TwinClient`). `data_key` may
-    be left out where there is one recording; `model` names one of several on a server."""
+    "host:port" (`TwinClient`). `data_key` may be left out where there is one recording; `model` names one
+    of several on a server."""
     from pathlib import Path
 
     path = Path(source)
@@ -66,11 +66,6 @@ def open_twin(
     if path.is_dir() and (path / "ground_truth").is_dir():
         from twin.experiments.ground_truth import GroundTruthTwin
 
-        keys = sorted(p.name for p in (path / "ground_truth").iterdir() if p.is_dir())
-        if data_key is None:
-            if len(keys) != 1:
-                raise InvalidInput(f"data_key: None; simulation {path} has {keys}, pick one")
-            data_key = keys[0]
         return GroundTruthTwin(path, data_key)
     host, _, port = str(source).rpartition(":")
     if host and port.isdigit() and not path.exists():

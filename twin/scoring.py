@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from twin import metrics
 from twin.atomic import replacing, write_json
-from twin.data import load_recording, responses_with_held_out
+from twin.data import Recording, load_recording, responses_with_held_out
 from twin.errors import FormatError, InvalidInput
 
 __all__ = [
@@ -180,21 +180,27 @@ class Submission:
             raise InvalidInput("predictions: contain NaN or inf; expected finite responses")
 
 
+def _tier(recording_path: str | os.PathLike[str], tier: str) -> tuple[Recording, np.ndarray]:
+    """The recording and the indices of its trials in `tier`, refusing a tier it does not have."""
+    recording = load_recording(recording_path, progress=False)
+    idx = recording.tier_indices(tier)
+    if idx.size == 0:
+        raise InvalidInput(
+            f"tier: {tier!r} has no trials in {recording.data_key}; found {recording.tier_counts()}"
+        )
+    return recording, idx
+
+
 def tier_submission(
     twin: Any, recording_path: str | os.PathLike[str], tier: str, *, batch: int = 256
 ) -> Submission:
     """The twin's predictions for every trial of `tier` in the recording at `recording_path`, in file
     order, with the trials' own behaviour and pupil centre where the twin needs them."""
-    recording = load_recording(recording_path, progress=False)
+    recording, idx = _tier(recording_path, tier)
     info = twin.info()
     if info.get("data_key") not in (None, recording.data_key):
         raise InvalidInput(
             f"data_key: the twin answers for {info['data_key']}; the recording is {recording.data_key}"
-        )
-    idx = recording.tier_indices(tier)
-    if idx.size == 0:
-        raise InvalidInput(
-            f"tier: {tier!r} has no trials in {recording.data_key}; found {recording.tier_counts()}"
         )
     needs = info.get("requires", {})
     if (needs.get("behavior") or needs.get("pupil_center")) and not recording.has_behavior:
@@ -263,7 +269,7 @@ def read_submission(path: str | os.PathLike[str]) -> Submission:
         if header is None or tuple(header) != SUBMISSION_COLUMNS:
             raise FormatError(f"{path}: header {header}; expected {list(SUBMISSION_COLUMNS)}")
         trials, images, rows = [], [], []
-        neuron_text = None
+        neuron_text, neuron_ids = None, None
         for line, record in enumerate(reader, start=2):
             if len(record) != 4:
                 raise FormatError(f"{path}:{line}: {len(record)} fields; expected 4")
@@ -274,18 +280,15 @@ def read_submission(path: str | os.PathLike[str]) -> Submission:
                 raise FormatError(
                     f"{path}:{line}: trial_indices, image_ids {record[:2]}; expected integers"
                 ) from None
-            if neuron_text is None:
-                neuron_text = record[3]
+            if neuron_ids is None:  # the first row's, parsed once; later rows' text compared to it
+                neuron_text, neuron_ids = record[3], _parse_list(record[3], f"{path}:{line} neuron_ids", True)
             elif record[3] != neuron_text and not np.array_equal(
-                _parse_list(record[3], f"{path}:{line} neuron_ids", True),
-                _parse_list(neuron_text, f"{path}:2 neuron_ids", True),
+                _parse_list(record[3], f"{path}:{line} neuron_ids", True), neuron_ids
             ):
                 raise FormatError(f"{path}:{line}: neuron_ids differ from the first row's")
             rows.append(_parse_list(record[2], f"{path}:{line} prediction"))
-    if not rows:
+    if neuron_ids is None:
         raise FormatError(f"{path}: no rows; expected one per trial of the tier")
-    assert neuron_text is not None
-    neuron_ids = _parse_list(neuron_text, f"{path}:2 neuron_ids", True)
     bad = next((i for i, r in enumerate(rows) if r.size != neuron_ids.size), None)
     if bad is not None:
         raise FormatError(
@@ -307,12 +310,7 @@ def score_submission(
 ) -> dict[str, Any]:
     """Score a submission against the recording's true responses of `tier` (held out ones restored from
     `held_out/<data key>` beside it): every trial of the tier exactly once, every neuron."""
-    recording = load_recording(recording_path, progress=False)
-    idx = recording.tier_indices(tier)
-    if idx.size == 0:
-        raise InvalidInput(
-            f"tier: {tier!r} has no trials in {recording.data_key}; found {recording.tier_counts()}"
-        )
+    recording, idx = _tier(recording_path, tier)
     responses = responses_with_held_out(recording, recording_path)
     truth = np.asarray(responses[idx], np.float32)
     if not np.any(truth):

@@ -18,7 +18,7 @@ import numpy as np
 from twin.atomic import replacing
 from twin.errors import InvalidInput
 
-__all__ = ["Condition", "Predictor", "Result", "Subject", "Twin", "responses"]
+__all__ = ["Condition", "Predictor", "Result", "Subject", "Twin", "responses", "responses_and_gray"]
 
 
 @runtime_checkable
@@ -152,6 +152,18 @@ def responses(subject: Subject, images: np.ndarray, *, batch: int = 256) -> np.n
         mean, _ = subject.twin.predict(chunk, neurons=neurons, **subject.condition.rows(chunk.shape[0]))
         out.append(np.asarray(mean, np.float32))
     return np.concatenate(out, axis=0)
+
+
+def responses_and_gray(
+    subject: Subject, stimuli: np.ndarray, *, batch: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Responses (..., n) to stimuli (..., H, W) of any leading shape, and (n,) to the gray screen, which
+    experiments measure their stimuli against: one pass, the gray screen last."""
+    gray = np.full((1, *subject.image_size), subject.gray, np.float32)
+    measured = responses(
+        subject, np.concatenate([stimuli.reshape(-1, *subject.image_size), gray]), batch=batch
+    )
+    return measured[:-1].reshape(*stimuli.shape[:-2], -1), measured[-1]
 
 
 R = TypeVar("R", bound="Result")

@@ -35,8 +35,13 @@ class GroundTruthTwin:
     """Predict-only twin of one simulated recording; behaviour and pupil centre are optional inputs (the
     gain at the session's mean behaviour and the eye at rest without them)."""
 
-    def __init__(self, simulation_dir: str | os.PathLike[str], data_key: str) -> None:
+    def __init__(self, simulation_dir: str | os.PathLike[str], data_key: str | None = None) -> None:
         root = Path(simulation_dir)
+        if data_key is None:  # left out: the simulation's only recording
+            keys = sorted(p.name for p in (root / "ground_truth").glob("*") if p.is_dir())
+            if len(keys) != 1:
+                raise InvalidInput(f"data_key: None; simulation {root} has {keys}, pick one")
+            data_key = keys[0]
         self._truth = GroundTruth.load(root, data_key)
         meta = json.loads((self._truth.folder / "ground_truth.json").read_text())
         recording = load_recording(root / meta["folder"], progress=False)

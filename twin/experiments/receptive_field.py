@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from twin.experiments.common import Result, Subject, responses
+from twin.experiments.common import Result, Subject, responses_and_gray
 from twin.experiments.stimuli import sparse_noise
 
 __all__ = ["ReceptiveFields", "receptive_fields"]
@@ -85,10 +85,8 @@ def receptive_fields(
     noise = sparse_noise(
         subject.image_size, square=square, stride=stride, gray=subject.gray, low=low, high=high
     )
-    frames = noise.images.reshape(-1, *subject.image_size)
-    gray = np.full((1, *subject.image_size), subject.gray, np.float32)
-    measured = responses(subject, np.concatenate([frames, gray]), batch=batch)
-    change = (measured[:-1] - measured[-1]).reshape(*noise.images.shape[:3], -1)  # (2, Y, X, n)
+    measured, gray = responses_and_gray(subject, noise.images, batch=batch)
+    change = measured - gray  # (2, Y, X, n)
     change = np.moveaxis(change, -1, 1)  # (2, n, Y, X)
     return ReceptiveFields(
         subject.neuron_ids, noise.x, noise.y, change[0], change[1], square, np.asarray(subject.image_size)

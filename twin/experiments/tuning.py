@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from twin.errors import InvalidInput
-from twin.experiments.common import Result, Subject, responses
+from twin.experiments.common import Result, Subject, responses_and_gray
 from twin.experiments.stimuli import gratings
 
 __all__ = ["Tuning", "orientation_tuning"]
@@ -129,16 +129,14 @@ def orientation_tuning(
     if amplitude is None:
         amplitude = float(np.sqrt(2) * subject.contrast)
     images = gratings(subject.image_size, theta, period, phi, gray=subject.gray, amplitude=amplitude)
-    flat = images.reshape(-1, *subject.image_size)
-    gray = np.full((1, *subject.image_size), subject.gray, np.float32)
-    measured = responses(subject, np.concatenate([flat, gray]), batch=batch)
+    measured, gray = responses_and_gray(subject, images, batch=batch)
     return Tuning(
         neuron_ids=subject.neuron_ids,
         orientations=theta,
         periods=period,
         phases=phi,
-        responses=measured[:-1].reshape(*images.shape[:3], -1),
-        gray=measured[-1],
+        responses=measured,
+        gray=gray,
         amplitude=float(amplitude),
         image_size=np.asarray(subject.image_size),
     )
