@@ -148,9 +148,7 @@ def predict_to_file(
             done = rows.stop
             write_json(state_path, {"job": job, "done": done, "total": n})
             bar.update(rows.stop - rows.start)
-    for array in arrays.values():
-        array.flush()
-    arrays.clear()  # unmapped before the files are renamed
+    arrays.clear()  # every chunk was flushed as written; unmapped before the files are renamed
     for key, target in targets.items():
         os.replace(partial[key], target)
     state_path.unlink()
