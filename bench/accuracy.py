@@ -9,6 +9,7 @@ channels and shifter). Held-out test responses are read from the simulation's he
 In silico, per row of ours and the oracle: the median distance of the sparse-noise receptive-field
 centres from the true ones and the median preferred-orientation error of grating tuning, against the
 simulated neurons (`in_silico`, twin.experiments); the oracle's row is the experiments' own error floor.
+For our rows also the MEIs' alignment with the true receptive fields (1: each MEI is its neuron's Gabor).
 
 `twin` rows pre-train one core on every recording and fine-tune it on the track's recording, when the
 preset has more than one (the winners' recipe). The pre-trained model is the image-only counterpart of
@@ -186,17 +187,26 @@ def run_ours(
     }
 
 
+MEI_NEURONS, MEI_STEPS = 32, 100  # the in-silico MEI check: the recording's first 32 neurons
+
+
 def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> dict:
     """How closely the trained ensemble's sparse-noise receptive fields and grating tuning match the
-    simulated neurons' true centres and orientations (twin.experiments; the model in torch on `device`;
-    run None: the ground truth itself, the experiments' own error floor).
+    simulated neurons' true centres and orientations, and how much of its MEIs (of MEI_NEURONS neurons)
+    is the neurons' true receptive fields (twin.experiments; the model in torch on `device`; run None:
+    the ground truth itself, the experiments' own error floor; it has no gradient, so no MEIs).
     Behaviour models see the stimuli at the recording's mean behaviour and pupil position, where the
     ground truth's gain is about 1 and the eye at rest. An error is recorded, not raised: the cell's
     scores stand without it."""
     try:
         from training.torch_twin import TorchTwin
         from twin.data import load_recording
-        from twin.experiments import GroundTruthTwin, orientation_tuning, receptive_fields
+        from twin.experiments import (
+            GroundTruthTwin,
+            most_exciting_images,
+            orientation_tuning,
+            receptive_fields,
+        )
 
         truth = GroundTruthTwin(target.parent, key)
         model = truth if run is None else TorchTwin(run, key, device=device)
@@ -209,10 +219,15 @@ def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> 
         fields = truth.score_receptive_fields(receptive_fields(model, **condition))
         tuning = truth.score_tuning(orientation_tuning(model, **condition))
         keep = ("center_error_px_median", "within_2px_fraction")
-        return {k: fields[k] for k in keep} | {
+        scores = {k: fields[k] for k in keep} | {
             k: tuning[k]
             for k in ("orientation_error_deg_median", "selective_fraction", "period_rank_correlation")
         }
+        if run is not None:
+            ids = truth.neuron_ids[:MEI_NEURONS]
+            meis = most_exciting_images(model, ids, steps=MEI_STEPS, **condition)
+            scores["mei_filter_alignment_median"] = float(np.median(truth.filter_alignment(meis.images, ids)))
+        return scores
     except Exception as exc:  # a failed extra measurement must not lose the trained cell
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -632,7 +647,8 @@ def _print(table: dict) -> None:
         print(f"{row:<24}" + "".join(cells))
     print(
         "\nin silico, against the simulated neurons: receptive-field centre error (px, median) / "
-        "preferred-orientation error (degrees, median)"
+        "preferred-orientation error (degrees, median) / MEI alignment with the true receptive field "
+        "(median)"
     )
     for row, tracks in table.items():
         cells = []
@@ -640,10 +656,14 @@ def _print(table: dict) -> None:
             found = (tracks.get(track) or {}).get("in_silico") or {}
             text = " / ".join(
                 "-" if found.get(k) is None else f"{found[k]:.{d}f}"
-                for k, d in (("center_error_px_median", 2), ("orientation_error_deg_median", 1))
+                for k, d in (
+                    ("center_error_px_median", 2),
+                    ("orientation_error_deg_median", 1),
+                    ("mei_filter_alignment_median", 2),
+                )
             )
             cells.append(f" | {text:^26}")
-        if any(c.strip(" |") != "- / -" for c in cells):
+        if any(c.strip(" |") != "- / - / -" for c in cells):
             print(f"{row:<24}" + "".join(cells))
     sys.stdout.flush()
 

@@ -170,10 +170,12 @@ def query(address: str, heldout: Path, *, mei_steps: int = 50, say: Print = _say
             )
             if ground is not None:
                 natural_images = ground.natural_images()
-                ratio = ground.score_meis(meis, natural_images)["ratio_median"]
+                scores = ground.score_meis(meis, natural_images)
                 say(
-                    f"      the simulated neuron itself responds to that image {ratio:.2f}x as much as to "
-                    f"the best of the recording's {len(natural_images)} images"
+                    f"      the simulated neuron itself responds to that image {scores['ratio_median']:.2f}x "
+                    f"as much as to the best of the recording's {len(natural_images)} images; "
+                    f"{scores['filter_alignment_median']:.0%} of the image is its true receptive field "
+                    "(its Gabor pair)"
                 )
             fields = receptive_fields(twin)
             if ground is not None:

@@ -59,8 +59,10 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
         # in silico against the simulated neurons: measured for each trained row (1 epoch: not judged)
         assert scores["in_silico"]["center_error_px_median"] >= 0, scores["in_silico"]
         assert 0 <= scores["in_silico"]["orientation_error_deg_median"] <= 90
+        assert 0 <= scores["in_silico"]["mei_filter_alignment_median"] <= 1
     floor = table["oracle"]["sensorium+"]["in_silico"]  # the ground truth: the experiments' own error
     assert floor["center_error_px_median"] < 0.5 and floor["orientation_error_deg_median"] < 1.0
+    assert "mei_filter_alignment_median" not in floor  # no gradient, no MEIs
     assert "in silico, against the simulated neurons" in done.stdout
 
 

@@ -27,6 +27,7 @@ def test_serve_query_and_shut_down(repository, tiny_sim):
     assert "twin serve --repository" in text and "server ready at 127.0.0.1:" in text
     assert "best-predicted neuron" in text and "its most exciting image (50 gradient steps)" in text
     assert text.count("the simulated neuron itself responds") == 2
+    assert text.count("of the image is its true receptive field (its Gabor pair)") == 2
     assert text.count("receptive fields of all 150 neurons mapped with sparse noise: centres") == 2
     assert "single-trial" in text and "90002-1-1  test" in text
     assert "stopping the server (SIGTERM)\n  server exited with status 0" in text

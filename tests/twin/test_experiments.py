@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 import twin
+from twin.data.simulation import GroundTruth
 from twin.errors import InvalidInput
 from twin.experiments import (
     GroundTruthTwin,
@@ -210,6 +212,35 @@ def test_meis_of_a_trained_twin_drive_it_beyond_natural_images(local, truth_twin
     assert np.all(meis.activation > natural)
     scores = truth_twin.score_meis(meis, truth_twin.natural_images()[:400])
     assert scores["neurons"] == 6 and len(scores["ratio_to_best_natural"]) == 6
+
+
+def test_mei_filter_alignment_knows_each_neurons_true_receptive_field(tiny_sim, truth_twin):
+    """MEIs of a twin that has the neurons' true filters are their Gabors (alignment 1); MEIs of one that
+    has other neurons' filters, and noise, score far lower. The measure can fail, where the response
+    ratio saturates."""
+    ids = truth_twin.neuron_ids[:8]
+    filters = GroundTruth.load(tiny_sim, KEY).filters()  # (P, 2N): even, then odd
+    n = truth_twin.n_neurons
+    gray = truth_twin.info()["image_mean"]
+
+    def meis_of(columns: np.ndarray) -> MEIs:
+        linear = LinearTwin(filters[:, columns].T.reshape(-1, 36, 64), gray=gray)
+        found = most_exciting_images(linear, range(100, 100 + columns.size), rms_contrast=4.0, blur=0)
+        return replace(found, neuron_ids=ids)  # scored as the recording's neurons
+
+    right = truth_twin.score_meis(meis_of(np.arange(8)), truth_twin.natural_images()[:50])
+    assert min(right["filter_alignment"]) > 0.999 and len(right["ratio_to_best_natural"]) == 8
+    odd = truth_twin.score_meis(meis_of(np.arange(8) + n), truth_twin.natural_images()[:50])
+    assert odd["filter_alignment_median"] > 0.999  # the other phase of the same neurons: as good
+    wrong = truth_twin.score_meis(meis_of(np.arange(8, 16)), truth_twin.natural_images()[:50])
+    assert wrong["filter_alignment_median"] < 0.3
+    noise = np.random.default_rng(0).normal(gray, 30, (8, 144, 256))  # any resolution
+    assert np.all(truth_twin.filter_alignment(noise, ids) < 0.1)
+    assert np.all(truth_twin.filter_alignment(np.full((8, 36, 64), gray), ids) == 0)
+    with pytest.raises(InvalidInput, match=r"^images: shape \(7, 36, 64\).*expected \(8, H, W\)"):
+        truth_twin.filter_alignment(noise[:7, :36, :64], ids)
+    with pytest.raises(InvalidInput, match=r"^neurons: \[-1\]; expected ids of 90001-1-1"):
+        truth_twin.filter_alignment(noise[:1], [-1])
 
 
 # ----- interface, errors, files -----

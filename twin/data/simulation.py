@@ -364,9 +364,13 @@ class GroundTruth:
         Without behaviour the gain is the one at the session's mean behaviour; without pupil centre the
         eye is at rest (no image shift).
         """
+        return self.population.expected_responses(images, behavior, pupil_center, filters=self.filters())
+
+    def filters(self) -> np.ndarray:
+        """(P, 2N) the neurons' even and odd Gabors on the 36 x 64 grid (Population.filters), made once."""
         if self._filters is None:
             self._filters = self.population.filters()
-        return self.population.expected_responses(images, behavior, pupil_center, filters=self._filters)
+        return self._filters
 
     def expected_responses(self) -> np.ndarray:
         """(n, N) noise-free expected responses of the recording's own trials, in file order."""

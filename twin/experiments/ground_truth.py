@@ -6,6 +6,11 @@ the recording's ground-truth population (twin.data.population) and `info` like a
 the recording's neuron ids and image statistics, so experiments run on it unchanged. `truth()` gives the
 neurons' true parameters, and `score_tuning`, `score_receptive_fields` and `score_meis` compare an
 experiment's result (on any twin of this recording) with them. It has no `gradient`.
+
+An MEI is checked two ways: how strongly the true neuron responds to it (saturating neurons answer a
+good MEI and their best natural image about alike, so this separates poor MEIs from good ones only), and
+`filter_alignment`, how much of the image's pattern is the neuron's true receptive field, which keeps
+ranking MEIs where the response has saturated.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twin.data.population import GRID
+from twin.data.population import GRID, resample_to_grid
 from twin.data.reader import load_recording
 from twin.data.simulation import GroundTruth
 from twin.errors import InvalidInput
@@ -92,12 +97,16 @@ class GroundTruthTwin:
         }
         mean = self._truth(a, **extra)
         if neurons is not None:
-            ids = np.asarray(neurons).ravel().tolist()
-            unknown = [i for i in ids if i not in self._columns]
-            if unknown or not ids:
-                raise InvalidInput(f"neurons: {unknown[:5] or ids}; expected ids of {self.data_key}")
-            mean = mean[:, [self._columns[i] for i in ids]]
+            mean = mean[:, self._columns_of(neurons)]
         return mean, np.zeros_like(mean)
+
+    def _columns_of(self, neurons: Sequence[int] | np.ndarray) -> list[int]:
+        """The columns of these neuron ids (at least one, all of this recording's)."""
+        ids = np.asarray(neurons).ravel().tolist()
+        unknown = [i for i in ids if i not in self._columns]
+        if unknown or not ids:
+            raise InvalidInput(f"neurons: {unknown[:5] or ids}; expected ids of {self.data_key}")
+        return [self._columns[i] for i in ids]
 
     def natural_images(self) -> np.ndarray:
         """The recording's distinct images (repeats once), (n, H, W) raw pixels: what an MEI should beat."""
@@ -108,9 +117,7 @@ class GroundTruthTwin:
         centre (x, y) in pixels of the 36 x 64 grid, orientation of the wave vector in [0, pi), period in
         pixels per cycle, simple-cell weight (1 simple, 0 complex)."""
         p = self._truth.population
-        columns = (
-            slice(None) if neurons is None else [self._columns[int(i)] for i in np.asarray(neurons).ravel()]
-        )
+        columns = slice(None) if neurons is None else self._columns_of(neurons)
         return {
             "neuron_ids": self.neuron_ids[columns],
             "center": p.center[columns],
@@ -162,13 +169,49 @@ class GroundTruthTwin:
         ).max(axis=0)
         own = np.diagonal(self.predict(meis.images, neurons=ids)[0])
         ratio = own / np.maximum(natural, 1e-12)
+        alignment = self.filter_alignment(meis.images, ids)
         return {
             "neurons": int(ids.size),
             "natural_images": len(images),
             "ratio_to_best_natural": ratio.round(4).tolist(),
             "ratio_median": float(np.median(ratio)),
             "beats_best_natural_fraction": float(np.mean(ratio > 1)),
+            "filter_alignment": alignment.round(4).tolist(),
+            "filter_alignment_median": float(np.median(alignment)),
         }
+
+    def filter_alignment(self, images: Any, neurons: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(n,) how much of image k's pattern is neuron k's true receptive field, for n images (n, H, W)
+        in raw pixels (any size; area-resampled to the 36 x 64 grid) and n neuron ids.
+
+        The norm of the image's projection on the plane of the neuron's Gabor quadrature pair (its even and
+        odd filter) over the norm of the image minus its mean: 1 for the neuron's own Gabor at any phase
+        (the optimum of a simple or complex cell), about sqrt(2 / 2304) = 0.03 for white noise. The eye is
+        at rest (no shift). Fine patterns that a smoothing prior on the MEI suppresses (periods of a few
+        pixels) lower it for every model alike.
+        """
+        a = np.asarray(images)
+        ids = np.asarray(neurons).ravel()
+        if a.ndim != 3 or a.shape[0] != ids.size or a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)):
+            raise InvalidInput(
+                f"images: shape {a.shape}, dtype {a.dtype}; expected ({ids.size}, H, W) finite raw pixels, "
+                "one image per neuron"
+            )
+        columns = np.array(self._columns_of(ids))
+        pattern = resample_to_grid(a).reshape(ids.size, -1).astype(np.float64)
+        pattern -= pattern.mean(axis=1, keepdims=True)
+        filters = self._truth.filters()
+        n = self.n_neurons
+        f_even, f_odd = (filters[:, c].astype(np.float64) for c in (columns, columns + n))  # (P, n) each
+        f_even /= np.linalg.norm(f_even, axis=0)  # unit norm again in float64
+        f_odd /= np.linalg.norm(f_odd, axis=0)
+        even = np.einsum("kp,pk->k", pattern, f_even)
+        odd = np.einsum("kp,pk->k", pattern, f_odd)
+        overlap = np.einsum("pk,pk->k", f_even, f_odd)  # the pair is orthogonal only up to this
+        # squared norm of the projection on span(even, odd): v' G^-1 v with G = [[1, g], [g, 1]]
+        captured = (even**2 + odd**2 - 2 * overlap * even * odd) / (1 - overlap**2)
+        norm = np.linalg.norm(pattern, axis=1)
+        return np.where(norm > 0, np.sqrt(np.maximum(captured, 0)) / np.maximum(norm, 1e-30), 0.0)
 
     def __repr__(self) -> str:
         return f"GroundTruthTwin(data_key={self.data_key!r}, neurons={self.n_neurons})"
