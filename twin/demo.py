@@ -170,11 +170,12 @@ def query(address: str, heldout: Path, *, mei_steps: int = 50, say: Print = _say
             )
             if ground is not None:
                 natural_images = ground.natural_images()
-                scores = ground.score_meis(meis, natural_images)
+                checked = ground.score_meis(meis, natural_images)
+                ratio, alignment = checked["ratio_median"], checked["filter_alignment_median"]
                 say(
-                    f"      the simulated neuron itself responds to that image {scores['ratio_median']:.2f}x "
+                    f"      the simulated neuron itself responds to that image {ratio:.2f}x "
                     f"as much as to the best of the recording's {len(natural_images)} images; "
-                    f"{scores['filter_alignment_median']:.0%} of the image is its true receptive field "
+                    f"{alignment:.0%} of the image is its true receptive field "
                     "(its Gabor pair)"
                 )
             fields = receptive_fields(twin)

@@ -20,13 +20,15 @@ from twin.experiments import (
     GroundTruthTwin,
     MEIs,
     ReceptiveFields,
+    SizeTuning,
     Tuning,
     most_exciting_images,
     orientation_tuning,
     receptive_fields,
+    size_tuning,
 )
 from twin.experiments.mei import gaussian_blur
-from twin.experiments.stimuli import gratings, sparse_noise
+from twin.experiments.stimuli import grating_patches, gratings, sparse_noise
 
 KEY = "90001-1-1"
 
@@ -115,6 +117,24 @@ def test_sparse_noise_puts_each_square_where_its_centre_says():
 # ----- the known answers of the simulated mouse -----
 
 
+def test_grating_patches_put_a_grating_of_each_diameter_on_each_centre():
+    patches = grating_patches(
+        (36, 64), [[20.0, 10.0]], [0.0], [8.0], [4.0, 60.0], [0.0, np.pi], gray=120, amplitude=50
+    )
+    assert patches.shape == (1, 2, 2, 36, 64) and patches.dtype == np.float32
+    small, large = patches[0, 0, 0], patches[0, 1, 0]
+    assert small[10, 20] == pytest.approx(170)  # phase 0 at the centre ...
+    assert large[10, 20] == pytest.approx(170)  # ... whatever the diameter
+    assert small[10, 25] == 120 and small[30, 60] == 120  # outside the aperture: gray
+    assert np.sum(small != 120) <= np.pi * 3**2  # diameter 4, edge antialiased over one pixel
+    np.testing.assert_allclose(patches[0, :, 0] + patches[0, :, 1], 240, atol=1e-4)  # phase pi: inverted
+    inside = large[:30, :36]  # within 29.5 px of the centre: all in the aperture
+    np.testing.assert_allclose(inside[:, :-8], inside[:, 8:], atol=1e-4)  # period 8 along x (orientation 0)
+    np.testing.assert_allclose(inside, inside[:1].repeat(30, axis=0), atol=1e-4)
+    with pytest.raises(InvalidInput, match="one per centre"):
+        grating_patches((36, 64), [[1.0, 1.0]], [0.0, 1.0], [8.0], [4.0], [0.0], gray=120, amplitude=5)
+
+
 def test_ground_truth_tuning_recovers_each_neurons_orientation_and_period(truth_twin):
     tuning = orientation_tuning(truth_twin)
     assert tuning.responses.shape == (16, 5, 8, 150)
@@ -144,6 +164,24 @@ def test_a_shuffled_truth_scores_at_chance(truth_twin):
     )  # fmt: skip
     scores = truth_twin.score_tuning(rolled)
     assert scores["orientation_error_deg_median"] > 20 and abs(scores["period_rank_correlation"]) < 0.3
+
+
+def test_ground_truth_size_tuning_follows_each_neurons_receptive_field_size(tiny_sim, truth_twin):
+    sizes = size_tuning(truth_twin)  # centres, orientations and periods measured first
+    assert sizes.responses.shape == (9, 8, 150) and sizes.curves.shape == (150, 9)
+    envelope = GroundTruth.load(tiny_sim, KEY).population.envelope
+    assert np.corrcoef(_ranks(envelope), _ranks(sizes.preferred_diameter))[0, 1] > 0.7
+    itself = truth_twin.score_size_tuning(sizes)
+    assert itself["curve_correlation_median"] == pytest.approx(1.0)
+    assert itself["preferred_diameter_rank_correlation"] == pytest.approx(1.0)
+    assert itself["suppression_index_error_median"] == 0
+    # the score can fail: each curve compared with another neuron's, measured at that neuron's centre
+    rolled = truth_twin.score_size_tuning(replace(sizes, neuron_ids=np.roll(sizes.neuron_ids, 1)))
+    assert rolled["curve_correlation_median"] < 0.6 and rolled["suppression_index_error_median"] > 0.3
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values))
 
 
 def test_a_trained_twin_is_scored_against_the_truth(local, truth_twin):
@@ -268,6 +306,9 @@ def test_behaviour_is_the_condition_of_every_stimulus():
         (lambda t: most_exciting_images(t, [t.neuron_ids[0]], start="zeros"), r"^start: 'zeros'"),
         (lambda t: most_exciting_images(t, [t.neuron_ids[0]], rms_contrast=-1), r"^rms_contrast: -1"),
         (lambda t: orientation_tuning(object()), r"^twin: object; expected a twin"),
+        (lambda t: size_tuning(t, diameters=[8, 4]), r"^diameters: \[8.0, 4.0\]; expected at least 2"),
+        (lambda t: size_tuning(t, [t.neuron_ids[0]], centers=[1, 2, 3]), r"^centers: shape \(3,\)"),
+        (lambda t: size_tuning(t, phases=0), r"^phases: 0"),
     ],
     ids=[
         "unknown-neuron",
@@ -279,6 +320,9 @@ def test_behaviour_is_the_condition_of_every_stimulus():
         "start",
         "budget",
         "not-a-twin",
+        "diameters",
+        "centers",
+        "phases",
     ],
 )
 def test_bad_arguments_are_refused_naming_the_field(local, call, message):
@@ -303,15 +347,21 @@ def test_results_save_and_load_whole(local, tmp_path):
         orientation_tuning(local, local.neuron_ids[:5], orientations=4, phases=4),
         receptive_fields(local, local.neuron_ids[:5], square=6, stride=6),
         most_exciting_images(local, local.neuron_ids[:2], steps=3),
+        size_tuning(local, local.neuron_ids[:3], diameters=[4, 16], phases=2),
     ]
-    for result, kind in zip(results, (Tuning, ReceptiveFields, MEIs), strict=True):
+    for result, kind in zip(results, (Tuning, ReceptiveFields, MEIs, SizeTuning), strict=True):
         path = result.save(tmp_path / f"{kind.__name__}.npz")
         loaded = kind.load(path)
         for name, value in vars(result).items():
             np.testing.assert_array_equal(getattr(loaded, name), value)
         assert loaded.summary() == result.summary()
         json.dumps(result.summary())  # plain JSON for the CLI's report
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["MEIs.npz", "ReceptiveFields.npz", "Tuning.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "MEIs.npz",
+        "ReceptiveFields.npz",
+        "SizeTuning.npz",
+        "Tuning.npz",
+    ]
 
 
 # ----- the command -----
@@ -345,6 +395,16 @@ def test_the_command_runs_each_experiment_and_scores_it_against_the_truth(tiny_a
     assert done.returncode == 0, done.stderr
     assert MEIs.load(out / "mei.npz").images.shape == (2, 36, 64)
     assert json.loads((out / "mei.json").read_text())["ground_truth"]["natural_images"] > 0
+
+    done = _twin_cli("size", tiny_artifact, *common, "--neurons", "1,2,3", "--phases", "4")
+    assert done.returncode == 0, done.stderr
+    assert "size tuning of 3 neurons" in done.stdout and "curve_correlation_median" in done.stdout
+    document = json.loads((out / "size.json").read_text())
+    assert (
+        document["parameters"]["diameters"][-1] == 60 and len(document["summary"]["suppression_index"]) == 3
+    )
+    assert SizeTuning.load(out / "size.npz").responses.shape == (9, 4, 3)
+    assert (out / "size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

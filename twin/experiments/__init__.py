@@ -5,6 +5,8 @@
 - `orientation_tuning`: full-field gratings -> preferred orientation and period, selectivity, F1/F0.
 - `receptive_fields`: sparse noise -> ON/OFF maps and receptive-field centres.
 - `most_exciting_images`: gradient ascent on the image under a contrast budget (needs `gradient`).
+- `size_tuning`: gratings in growing apertures on each receptive field -> preferred size, surround
+  suppression.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from twin.experiments.ground_truth import GroundTruthTwin
     from twin.experiments.mei import MEIs, most_exciting_images
     from twin.experiments.receptive_field import ReceptiveFields, receptive_fields
+    from twin.experiments.size import SizeTuning, size_tuning
     from twin.experiments.tuning import Tuning, orientation_tuning
 
 # name -> the module that holds it: imported on first use, so that the `twin` command (which registers
@@ -31,6 +34,8 @@ _HOME = {
     "most_exciting_images": "mei",
     "ReceptiveFields": "receptive_field",
     "receptive_fields": "receptive_field",
+    "SizeTuning": "size",
+    "size_tuning": "size",
     "Tuning": "tuning",
     "orientation_tuning": "tuning",
 }
@@ -42,11 +47,13 @@ __all__ = [
     "Predictor",
     "ReceptiveFields",
     "Result",
+    "SizeTuning",
     "Tuning",
     "Twin",
     "most_exciting_images",
     "orientation_tuning",
     "receptive_fields",
+    "size_tuning",
 ]
 
 

@@ -84,6 +84,8 @@ class Setup:
                 scores = ground.score_tuning(result)
             elif kind == "rf":
                 scores = ground.score_receptive_fields(result)
+            elif kind == "size":
+                scores = ground.score_size_tuning(result)
             else:
                 scores = ground.score_meis(result, ground.natural_images())
             truth = ground.truth(result.neuron_ids)
@@ -165,7 +167,7 @@ def _format(value: Any) -> str:
 
 @click.group()
 def experiment() -> None:
-    """In-silico experiments on a twin: tuning curves, receptive fields, most exciting images.
+    """In-silico experiments on a twin: tuning curves, receptive fields, size tuning, most exciting images.
 
     \b
     SOURCE: an artifact folder, a training run (torch), a served model's host:port, or a simulation
@@ -234,6 +236,48 @@ def rf(setup: Setup, square: int, stride: int) -> None:
         f"grid of {square}-pixel squares"
     )
     setup.finish("rf", result, {"square": square, "stride": stride}, report)
+
+
+@experiment.command()
+@_setup
+@click.option(
+    "--diameters",
+    callback=_numbers("diameters"),
+    default=None,
+    help="Aperture diameters, pixels of the model's input, increasing (default: 9 from 2 to 60).",
+)
+@click.option("--phases", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--amplitude",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
+)
+def size(setup: Setup, diameters: list[float] | None, phases: int, amplitude: float | None) -> None:
+    """Size tuning and surround suppression: gratings in growing apertures on each receptive field.
+
+    Each neuron's centre, orientation and period are measured first (sparse noise, full-field gratings).
+    """
+    import numpy as np
+
+    from twin.experiments.size import DIAMETERS, size_tuning
+
+    result = size_tuning(
+        setup.twin,
+        setup.neurons,
+        diameters=DIAMETERS if diameters is None else diameters,
+        phases=phases,
+        amplitude=amplitude,
+        **setup.condition,
+    )
+    index = result.suppression_index
+    shown = "-" if np.all(np.isnan(index)) else f"{np.nanmedian(index):.3f}"
+    report = (
+        f"size tuning of {result.neuron_ids.size} neurons: preferred diameter median "
+        f"{np.nanmedian(result.preferred_diameter):.3g} px, suppression index median {shown}"
+    )
+    parameters = {"diameters": result.diameters.tolist(), "phases": phases, "amplitude": result.amplitude}
+    setup.finish("size", result, parameters, report)
 
 
 @experiment.command()

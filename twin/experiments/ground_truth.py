@@ -4,8 +4,9 @@ in-silico experiment that needs only predictions (tuning, receptive fields, chec
 `GroundTruthTwin(simulation_dir, data_key)` answers `predict` with the noise-free expected responses of
 the recording's ground-truth population (twin.data.population) and `info` like a served twin does, with
 the recording's neuron ids and image statistics, so experiments run on it unchanged. `truth()` gives the
-neurons' true parameters, and `score_tuning`, `score_receptive_fields` and `score_meis` compare an
-experiment's result (on any twin of this recording) with them. It has no `gradient`.
+neurons' true parameters, and `score_tuning`, `score_receptive_fields`, `score_meis` and
+`score_size_tuning` compare an experiment's result (on any twin of this recording) with them. It has no
+`gradient`.
 
 An MEI is checked two ways: how strongly the true neuron responds to it (saturating neurons answer a
 good MEI and their best natural image about alike, so this separates poor MEIs from good ones only), and
@@ -31,6 +32,7 @@ from twin.errors import InvalidInput
 if TYPE_CHECKING:
     from twin.experiments.mei import MEIs
     from twin.experiments.receptive_field import ReceptiveFields
+    from twin.experiments.size import SizeTuning
     from twin.experiments.tuning import Tuning
 
 __all__ = ["GroundTruthTwin"]
@@ -178,6 +180,44 @@ class GroundTruthTwin:
             "beats_best_natural_fraction": float(np.mean(ratio > 1)),
             "filter_alignment": alignment.round(4).tolist(),
             "filter_alignment_median": float(np.median(alignment)),
+        }
+
+    def score_size_tuning(self, sizes: SizeTuning) -> dict[str, Any]:
+        """The true neurons measured with the very stimuli of `sizes` (same centres, orientations, periods,
+        diameters, phases, amplitude), compared with it: per-neuron correlation of the size-tuning
+        curves, rank correlation of the preferred diameters, suppression indices side by side."""
+        from twin.experiments.size import size_tuning
+
+        scale = GRID[1] / float(sizes.image_size[1])  # truth pixels per stimulus pixel
+        truth = size_tuning(
+            self,
+            sizes.neuron_ids,
+            centers=sizes.centers * scale,
+            orientations=sizes.orientations,
+            periods=sizes.periods * scale,
+            diameters=sizes.diameters * scale,
+            phases=sizes.phases.size,
+            amplitude=sizes.amplitude,
+        )
+        a, b = sizes.curves, truth.curves
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        shape = np.where(denominator > 0, (a * b).sum(1) / np.maximum(denominator, 1e-30), np.nan)
+        both = ~np.isnan(sizes.preferred_diameter) & ~np.isnan(truth.preferred_diameter)
+        index, true_index = sizes.suppression_index, truth.suppression_index
+        return {
+            "neurons": int(sizes.neuron_ids.size),
+            "curve_correlation_median": _stat(np.median, shape[~np.isnan(shape)]),
+            "preferred_diameter_rank_correlation": _rank_correlation(
+                sizes.preferred_diameter[both] * scale, truth.preferred_diameter[both]
+            )
+            if both.sum() > 1
+            else None,
+            "suppression_index_median": _stat(np.median, index[~np.isnan(index)]),
+            "true_suppression_index_median": _stat(np.median, true_index[~np.isnan(true_index)]),
+            "suppression_index_error_median": _stat(
+                np.median, np.abs(index - true_index)[~np.isnan(index - true_index)]
+            ),
         }
 
     def filter_alignment(self, images: Any, neurons: Sequence[int] | np.ndarray) -> np.ndarray:

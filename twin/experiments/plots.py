@@ -14,9 +14,10 @@ from twin.atomic import replacing
 from twin.errors import InvalidInput
 from twin.experiments.mei import MEIs
 from twin.experiments.receptive_field import ReceptiveFields
+from twin.experiments.size import SizeTuning
 from twin.experiments.tuning import Tuning
 
-__all__ = ["plot", "plot_meis", "plot_receptive_fields", "plot_tuning"]
+__all__ = ["plot", "plot_meis", "plot_receptive_fields", "plot_size_tuning", "plot_tuning"]
 
 MAX_PANELS = 16
 
@@ -109,12 +110,31 @@ def plot_meis(meis: MEIs, path: str | os.PathLike[str]) -> Path:
     return _figure(meis.neuron_ids.size, draw, path, "most exciting images (predicted response)")
 
 
+def plot_size_tuning(sizes: SizeTuning, path: str | os.PathLike[str]) -> Path:
+    """Response above gray against aperture diameter (log axis), the preferred diameter marked."""
+    curves, preferred, index = sizes.curves, sizes.preferred_diameter, sizes.suppression_index
+
+    def draw(ax: Any, k: int) -> None:
+        ax.semilogx(sizes.diameters, curves[k], marker=".")
+        if not np.isnan(preferred[k]):
+            ax.axvline(preferred[k], color="C1", lw=1)
+        suppression = "-" if np.isnan(index[k]) else f"{index[k]:.2f}"
+        ax.set_title(f"neuron {sizes.neuron_ids[k]}: SI {suppression}", fontsize=9)
+        ax.set_xlabel("diameter (px)", fontsize=8)
+
+    return _figure(sizes.neuron_ids.size, draw, path, "size tuning, response above gray (orange: preferred)")
+
+
 def plot(
-    result: Tuning | ReceptiveFields | MEIs, path: str | os.PathLike[str], truth: dict | None = None
+    result: Tuning | ReceptiveFields | MEIs | SizeTuning,
+    path: str | os.PathLike[str],
+    truth: dict | None = None,
 ) -> Path:
     """The figure for any experiment result."""
     if isinstance(result, Tuning):
         return plot_tuning(result, path, truth)
     if isinstance(result, ReceptiveFields):
         return plot_receptive_fields(result, path, truth)
+    if isinstance(result, SizeTuning):
+        return plot_size_tuning(result, path)
     return plot_meis(result, path)

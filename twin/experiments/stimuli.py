@@ -15,7 +15,7 @@ import numpy as np
 
 from twin.errors import InvalidInput
 
-__all__ = ["SparseNoise", "gratings", "sparse_noise"]
+__all__ = ["SparseNoise", "grating_patches", "gratings", "sparse_noise"]
 
 
 def _size(image_size: Sequence[int]) -> tuple[int, int]:
@@ -51,6 +51,43 @@ def gratings(
         + phase[None, None, :, None, None]
     )
     return (gray + amplitude * np.cos(argument)).astype(np.float32)
+
+
+def grating_patches(
+    image_size: Sequence[int],
+    centers: np.ndarray,
+    orientations: np.ndarray,
+    periods: np.ndarray,
+    diameters: Sequence[float] | np.ndarray,
+    phases: Sequence[float] | np.ndarray,
+    *,
+    gray: float,
+    amplitude: float,
+) -> np.ndarray:
+    """Gratings in circular apertures on gray, (n, S, F, H, W) float32: for each of n (centre (x, y),
+    orientation, period), each of S diameters and F phases (at the centre), gray + amplitude * cos(...)
+    inside the aperture, whose edge is antialiased over one pixel."""
+    height, width = _size(image_size)
+    centers = np.asarray(centers, np.float64).reshape(-1, 2)
+    theta, period = (np.asarray(v, np.float64).ravel() for v in (orientations, periods))
+    size, phase = (np.asarray(v, np.float64).ravel() for v in (diameters, phases))
+    n = centers.shape[0]
+    if theta.size != n or period.size != n:
+        raise InvalidInput(
+            f"orientations, periods: {theta.size} and {period.size} values; expected one per centre ({n})"
+        )
+    if np.any(period <= 0) or np.any(size <= 0) or size.size == 0 or phase.size == 0:
+        raise InvalidInput("periods, diameters: expected values > 0 and at least one diameter and phase")
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    dx = xx[None] - centers[:, 0, None, None]  # (n, H, W)
+    dy = yy[None] - centers[:, 1, None, None]
+    along = dx * np.cos(theta)[:, None, None] + dy * np.sin(theta)[:, None, None]
+    wave = np.cos(
+        2 * np.pi * along[:, None] / period[:, None, None, None] + phase[None, :, None, None]
+    )  # (n, F, H, W)
+    distance = np.hypot(dx, dy)  # (n, H, W)
+    aperture = np.clip(size[None, :, None, None] / 2 - distance[:, None] + 0.5, 0.0, 1.0)  # (n, S, H, W)
+    return (gray + amplitude * aperture[:, :, None] * wave[:, None]).astype(np.float32)
 
 
 @dataclass(frozen=True)
