@@ -422,8 +422,12 @@ def test_the_command_runs_each_experiment_and_scores_it_against_the_truth(tiny_a
             ["rf", "{art}", "--data-key", KEY, "--behavior", "1,2", "--out", "{out}"],
             "expected 3 comma-separated",
         ),
+        (
+            ["size", "{sim}", "--data-key", KEY, "--diameters", "8,4", "--out", "{out}"],
+            "error: diameters: [8.0, 4.0]; expected at least 2 increasing sizes",
+        ),
     ],
-    ids=["data-key", "source", "mei-neurons", "no-gradient", "neuron-ids", "behavior"],
+    ids=["data-key", "source", "mei-neurons", "no-gradient", "neuron-ids", "behavior", "diameters"],
 )
 def test_the_command_refuses_bad_input_with_one_line_and_status_2(
     tiny_artifact, tiny_sim, tmp_path, args, message

@@ -165,6 +165,14 @@ def _format(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+_AMPLITUDE = click.option(
+    "--amplitude",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
+)
+
+
 @click.group()
 def experiment() -> None:
     """In-silico experiments on a twin: tuning curves, receptive fields, size tuning, most exciting images.
@@ -188,12 +196,7 @@ def experiment() -> None:
     help="Grating periods, pixels per cycle of the model's input.",
 )
 @click.option("--phases", type=click.IntRange(min=2), default=8, show_default=True)
-@click.option(
-    "--amplitude",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
-)
+@_AMPLITUDE
 def tuning(
     setup: Setup, orientations: int, periods: list[float], phases: int, amplitude: float | None
 ) -> None:
@@ -247,12 +250,7 @@ def rf(setup: Setup, square: int, stride: int) -> None:
     help="Aperture diameters, pixels of the model's input, increasing (default: 9 from 2 to 60).",
 )
 @click.option("--phases", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option(
-    "--amplitude",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Grating amplitude, raw pixel units (default: sqrt(2) x the training images' sd).",
-)
+@_AMPLITUDE
 def size(setup: Setup, diameters: list[float] | None, phases: int, amplitude: float | None) -> None:
     """Size tuning and surround suppression: gratings in growing apertures on each receptive field.
 
