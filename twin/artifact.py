@@ -32,6 +32,7 @@ __all__ = [
     "execution_providers",
     "image_statistics",
     "load",
+    "neuron_columns",
 ]
 
 SCHEMA_VERSION = 1
@@ -187,6 +188,26 @@ def image_statistics(entry: dict[str, Any]) -> dict[str, float]:
     return {"image_mean": float(pre["image_mean"]), "image_std": float(pre["image_std"])}
 
 
+def neuron_columns(
+    columns: dict[int, int], neurons: Sequence[int] | np.ndarray | None, data_key: str | None
+) -> slice | np.ndarray:
+    """The response columns of neuron ids `neurons` (all for None), given a recording's id -> column map;
+    an empty, non-integer or unknown id is refused naming it. Every twin checks neuron ids with this."""
+    if neurons is None:
+        return slice(None)
+    ids = np.asarray(neurons)
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+        raise InvalidInput(
+            f"neurons: {ids.dtype} array of shape {ids.shape}; expected a non-empty sequence of ids"
+        )
+    out = np.empty(ids.size, np.int64)
+    for i, neuron in enumerate(ids.tolist()):
+        if neuron not in columns:
+            raise InvalidInput(f"neurons: id {neuron} is not a neuron of recording {data_key}")
+        out[i] = columns[neuron]
+    return out
+
+
 def _float32(a: np.ndarray) -> np.ndarray:
     """As float32; values beyond its range become inf, which the callers' finiteness checks refuse."""
     with np.errstate(over="ignore"):
@@ -311,19 +332,7 @@ class CheckedTwin:
         return feed, resized
 
     def _neurons(self, neurons: Sequence[int] | np.ndarray | None) -> slice | np.ndarray:
-        if neurons is None:
-            return slice(None)
-        ids = np.asarray(neurons)
-        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
-            raise InvalidInput(
-                f"neurons: {ids.dtype} array of shape {ids.shape}; expected a non-empty sequence of ids"
-            )
-        columns = np.empty(ids.size, np.int64)
-        for i, neuron in enumerate(ids.tolist()):
-            if neuron not in self._columns:
-                raise InvalidInput(f"neurons: id {neuron} is not a neuron of recording {self.data_key}")
-            columns[i] = self._columns[neuron]
-        return columns
+        return neuron_columns(self._columns, neurons, self.data_key)
 
     # ----- the twin interface -----
 

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
-from twin.artifact import RESPONSE_UNITS, image_statistics
+from twin.artifact import RESPONSE_UNITS, image_statistics, neuron_columns
 from twin.errors import (
     DeadlineExceeded,
     FormatError,
@@ -310,16 +310,9 @@ class TwinClient:
         """The unit ids, checked as the local twin checks them (the same errors, before any traffic)."""
         if neurons is None:
             return []
-        ids = np.asarray(neurons)
-        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
-            raise InvalidInput(
-                f"neurons: {ids.dtype} array of shape {ids.shape}; expected a non-empty sequence of ids"
-            )
         self._described()
-        for neuron in ids.tolist():
-            if neuron not in self._columns:
-                raise InvalidInput(f"neurons: id {neuron} is not a neuron of recording {self._data_key}")
-        return ids.tolist()
+        neuron_columns(self._columns, neurons, self._data_key)
+        return np.asarray(neurons).tolist()
 
     def _inputs(self, images: Any, behavior: Any, pupil_center: Any) -> dict[str, Any]:
         info = self._described()

@@ -277,7 +277,7 @@ def test_mei_filter_alignment_knows_each_neurons_true_receptive_field(tiny_sim, 
     assert np.all(truth_twin.filter_alignment(np.full((8, 36, 64), gray), ids) == 0)
     with pytest.raises(InvalidInput, match=r"^images: shape \(7, 36, 64\).*expected \(8, H, W\)"):
         truth_twin.filter_alignment(noise[:7, :36, :64], ids)
-    with pytest.raises(InvalidInput, match=r"^neurons: \[-1\]; expected ids of 90001-1-1"):
+    with pytest.raises(InvalidInput, match=r"^neurons: id -1 is not a neuron of recording 90001-1-1"):
         truth_twin.filter_alignment(noise[:1], [-1])
 
 

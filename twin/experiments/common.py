@@ -135,6 +135,12 @@ class Subject:
         """Pixel sd of the training images (raw units): the natural contrast scale."""
         return self._statistic("image_std")
 
+    @property
+    def grating_amplitude(self) -> float:
+        """sqrt(2) x the natural contrast scale: a full-field grating with the training images' pixel sd,
+        the gratings' default amplitude (raw units)."""
+        return float(np.sqrt(2) * self.contrast)
+
     def _statistic(self, name: str) -> float:
         if name not in self.info:
             raise InvalidInput(

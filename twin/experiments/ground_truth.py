@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from twin.artifact import neuron_columns
 from twin.data.population import GRID, resample_to_grid
 from twin.data.reader import load_recording
 from twin.data.simulation import GroundTruth
 from twin.errors import InvalidInput
+from twin.metrics import correlation
 
 if TYPE_CHECKING:
     from twin.experiments.mei import MEIs
@@ -98,17 +100,7 @@ class GroundTruthTwin:
             for name, value in (("behavior", behavior), ("pupil_center", pupil_center))
         }
         mean = self._truth(a, **extra)
-        if neurons is not None:
-            mean = mean[:, self._columns_of(neurons)]
-        return mean, np.zeros_like(mean)
-
-    def _columns_of(self, neurons: Sequence[int] | np.ndarray) -> list[int]:
-        """The columns of these neuron ids (at least one, all of this recording's)."""
-        ids = np.asarray(neurons).ravel().tolist()
-        unknown = [i for i in ids if i not in self._columns]
-        if unknown or not ids:
-            raise InvalidInput(f"neurons: {unknown[:5] or ids}; expected ids of {self.data_key}")
-        return [self._columns[i] for i in ids]
+        return mean[:, neuron_columns(self._columns, neurons, self.data_key)], np.zeros_like(mean)
 
     def natural_images(self) -> np.ndarray:
         """The recording's distinct images (repeats once), (n, H, W) raw pixels: what an MEI should beat."""
@@ -119,7 +111,7 @@ class GroundTruthTwin:
         centre (x, y) in pixels of the 36 x 64 grid, orientation of the wave vector in [0, pi), period in
         pixels per cycle, simple-cell weight (1 simple, 0 complex)."""
         p = self._truth.population
-        columns = slice(None) if neurons is None else self._columns_of(neurons)
+        columns = neuron_columns(self._columns, neurons, self.data_key)
         return {
             "neuron_ids": self.neuron_ids[columns],
             "center": p.center[columns],
@@ -199,25 +191,22 @@ class GroundTruthTwin:
             phases=sizes.phases.size,
             amplitude=sizes.amplitude,
         )
-        a, b = sizes.curves, truth.curves
-        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-        denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        shape = np.where(denominator > 0, (a * b).sum(1) / np.maximum(denominator, 1e-30), np.nan)
+        curves, true_curves = sizes.curves, truth.curves
+        flat = (np.ptp(curves, axis=1) == 0) | (np.ptp(true_curves, axis=1) == 0)  # no shape to compare
+        shape = np.where(flat, np.nan, correlation(curves, true_curves, axis=1))
         both = ~np.isnan(sizes.preferred_diameter) & ~np.isnan(truth.preferred_diameter)
         index, true_index = sizes.suppression_index, truth.suppression_index
         return {
             "neurons": int(sizes.neuron_ids.size),
-            "curve_correlation_median": _stat(np.median, shape[~np.isnan(shape)]),
+            "curve_correlation_median": _stat(np.median, shape),
             "preferred_diameter_rank_correlation": _rank_correlation(
                 sizes.preferred_diameter[both] * scale, truth.preferred_diameter[both]
             )
             if both.sum() > 1
             else None,
-            "suppression_index_median": _stat(np.median, index[~np.isnan(index)]),
-            "true_suppression_index_median": _stat(np.median, true_index[~np.isnan(true_index)]),
-            "suppression_index_error_median": _stat(
-                np.median, np.abs(index - true_index)[~np.isnan(index - true_index)]
-            ),
+            "suppression_index_median": _stat(np.median, index),
+            "true_suppression_index_median": _stat(np.median, true_index),
+            "suppression_index_error_median": _stat(np.median, np.abs(index - true_index)),
         }
 
     def filter_alignment(self, images: Any, neurons: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -237,7 +226,7 @@ class GroundTruthTwin:
                 f"images: shape {a.shape}, dtype {a.dtype}; expected ({ids.size}, H, W) finite raw pixels, "
                 "one image per neuron"
             )
-        columns = np.array(self._columns_of(ids))
+        columns = np.asarray(neuron_columns(self._columns, ids, self.data_key))  # ids given: an array
         pattern = resample_to_grid(a).reshape(ids.size, -1).astype(np.float64)
         pattern -= pattern.mean(axis=1, keepdims=True)
         filters = self._truth.filters()
@@ -263,6 +252,8 @@ def _orientation_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _stat(function: Any, values: np.ndarray) -> float | None:
+    """function of the values that are not NaN (None when there are none)."""
+    values = values[~np.isnan(values)]
     return float(function(values)) if values.size else None
 
 

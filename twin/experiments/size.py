@@ -111,7 +111,7 @@ def size_tuning(
     sizes = np.asarray(diameters, np.float64).ravel()
     if sizes.size < 2 or not np.all(np.isfinite(sizes)) or np.any(sizes <= 0) or np.any(np.diff(sizes) <= 0):
         raise InvalidInput(f"diameters: {sizes.tolist()}; expected at least 2 increasing sizes > 0 (pixels)")
-    amplitude = np.sqrt(2) * subject.contrast if amplitude is None else float(amplitude)
+    amplitude = subject.grating_amplitude if amplitude is None else float(amplitude)
     condition = {"behavior": behavior, "pupil_center": pupil_center}
     height, width = subject.image_size
     if centers is None:

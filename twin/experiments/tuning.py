@@ -127,7 +127,7 @@ def orientation_tuning(
     phi = np.arange(phases) * 2 * np.pi / phases
     period = np.asarray(periods, np.float64)
     if amplitude is None:
-        amplitude = float(np.sqrt(2) * subject.contrast)
+        amplitude = subject.grating_amplitude
     images = gratings(subject.image_size, theta, period, phi, gray=subject.gray, amplitude=amplitude)
     measured, gray = responses_and_gray(subject, images, batch=batch)
     return Tuning(
