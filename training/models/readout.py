@@ -159,7 +159,8 @@ class GaussianReadout(nn.Module):
                 positions = positions + shift[:, None, :]  # moved after the clamp, as in FullGaussian2d
             grid = positions[:, :, None, :]  # (B, N, 1, 2)
             sampled = F.grid_sample(features, grid, align_corners=True)[..., 0]  # (B, C, N)
-            return torch.einsum("bcn,nc->bn", sampled, self.features) + self.bias
+            # multiply + sum: autograd's backward of this einsum (a bmm batched over neurons) was 4x slower
+            return (sampled * self.features.t()).sum(1) + self.bias  # (B, N)
         positions = mu[None]  # (1, N, 2)
         if shift is not None:
             positions = positions + shift[:, None, :]  # (B, N, 2)
