@@ -200,7 +200,6 @@ def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> 
     scores stand without it."""
     try:
         from training.torch_twin import TorchTwin
-        from twin.data import load_recording
         from twin.experiments import (
             GroundTruthTwin,
             most_exciting_images,
@@ -212,10 +211,7 @@ def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> 
         model = truth if run is None else TorchTwin(run, key, device=device)
         condition = {}
         if any(model.info()["requires"].values()):
-            stats = load_recording(target, progress=False).statistics
-            condition = {
-                k: np.asarray(stats[k]["all"]["mean"], np.float32) for k in ("behavior", "pupil_center")
-            }
+            condition = {"behavior": "mean", "pupil_center": "mean"}  # the recording's training trials
         fields = truth.score_receptive_fields(receptive_fields(model, **condition))
         tuning = truth.score_tuning(orientation_tuning(model, **condition))
         keep = ("center_error_px_median", "within_2px_fraction")

@@ -36,6 +36,9 @@ class Preprocessing:
     behavior_std: np.ndarray  # (3,) divisor (1 where the behaviour is zeroed)
     pupil_mean: np.ndarray  # (2,)
     pupil_std: np.ndarray  # (2,)
+    # (3,) the trials' mean behaviour in raw units: not an input constant (behaviour is not centred) but
+    # the condition an in-silico experiment shows stimuli in; None in descriptions written without it
+    behavior_mean: np.ndarray | None = None
 
     @classmethod
     def from_recording(
@@ -58,9 +61,11 @@ class Preprocessing:
             behavior_std=_safe(stat("behavior", "std")),
             pupil_mean=stat("pupil_center", "mean").astype(np.float32),
             pupil_std=_safe(stat("pupil_center", "std")),
+            behavior_mean=stat("behavior", "mean").astype(np.float32),
         )
 
     def to_dict(self) -> dict:
+        mean = {} if self.behavior_mean is None else {"behavior_mean": self.behavior_mean.tolist()}
         return {
             "image_mean": self.image_mean,
             "image_std": self.image_std,
@@ -69,6 +74,7 @@ class Preprocessing:
             "behavior_std": self.behavior_std.tolist(),
             "pupil_mean": self.pupil_mean.tolist(),
             "pupil_std": self.pupil_std.tolist(),
+            **mean,
         }
 
     @classmethod
@@ -81,6 +87,7 @@ class Preprocessing:
             behavior_std=np.asarray(d["behavior_std"], np.float32),
             pupil_mean=np.asarray(d["pupil_mean"], np.float32),
             pupil_std=np.asarray(d["pupil_std"], np.float32),
+            behavior_mean=None if d.get("behavior_mean") is None else np.asarray(d["behavior_mean"], "f4"),
         )
 
 

@@ -30,9 +30,9 @@ __all__ = [
     "OnnxTwin",
     "checksum",
     "execution_providers",
-    "image_statistics",
     "load",
     "neuron_columns",
+    "recording_statistics",
 ]
 
 SCHEMA_VERSION = 1
@@ -181,11 +181,18 @@ class Artifact:
         )
 
 
-def image_statistics(entry: dict[str, Any]) -> dict[str, float]:
-    """The training images' pixel mean and sd (raw units) from a manifest's recording entry: the gray
-    level and contrast scale an in-silico experiment builds its stimuli around."""
+def recording_statistics(entry: dict[str, Any]) -> dict[str, Any]:
+    """What an in-silico experiment builds its stimuli and condition around, from a manifest's recording
+    entry: the training images' pixel mean and sd (raw units; the gray level and contrast scale) and
+    `mean_condition`, the trials' mean behaviour and pupil centre (raw units; None where the manifest
+    does not hold it), the state an experiment shows its stimuli in when asked for "mean"."""
     pre = entry["preprocessing"]
-    return {"image_mean": float(pre["image_mean"]), "image_std": float(pre["image_std"])}
+    mean = {"behavior": pre.get("behavior_mean"), "pupil_center": pre.get("pupil_mean")}
+    return {
+        "image_mean": float(pre["image_mean"]),
+        "image_std": float(pre["image_std"]),
+        "mean_condition": {k: None if v is None else [float(x) for x in v] for k, v in mean.items()},
+    }
 
 
 def neuron_columns(
@@ -273,7 +280,7 @@ class CheckedTwin:
             "members": self.members,
             "n_members": self.n_members,
             "image_units": "raw pixel units",
-            **image_statistics(self.entry),
+            **recording_statistics(self.entry),
             "response_units": self.entry.get("response_units", RESPONSE_UNITS),
         }
 

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from twin._proto.twin.v1 import twin_pb2, twin_pb2_grpc
-from twin.artifact import RESPONSE_UNITS, image_statistics, neuron_columns
+from twin.artifact import RESPONSE_UNITS, neuron_columns, recording_statistics
 from twin.errors import (
     DeadlineExceeded,
     FormatError,
@@ -262,7 +262,7 @@ class TwinClient:
             "members": list(manifest.get("members", [])),
             "n_members": int(key_info.n_members),
             "image_units": "raw pixel units",
-            **image_statistics(entry),
+            **recording_statistics(entry),
             "response_units": entry.get("response_units", RESPONSE_UNITS),
         }
 

@@ -51,6 +51,32 @@ def test_load_reads_the_manifest(loaded, tiny_artifact):
         loaded.twin("1-2-3")
 
 
+def test_info_says_the_training_trials_mean_condition(loaded, tiny_paths):
+    """The state an experiment shows stimuli in when asked for "mean": the recording's mean behaviour and
+    pupil centre in raw units, from the statistics it was trained with (zeros where the track zeroed them)."""
+    from twin.data import load_recording
+
+    for key in loaded.data_keys:
+        stats = load_recording(tiny_paths[key], progress=False).statistics
+        mean = loaded.twin(key).info()["mean_condition"]
+        for name in ("behavior", "pupil_center"):
+            np.testing.assert_allclose(mean[name], stats[name]["all"]["mean"], rtol=1e-6)
+    behavior = loaded.twin("90002-1-1").info()["mean_condition"]["behavior"]
+    assert len(behavior) == 3 and all(v > 0 for v in (behavior[0], behavior[2]))  # pupil size, running
+    assert loaded.twin("90001-1-1").info()["mean_condition"]["behavior"] == [0.0, 0.0, 0.0]  # zeroed
+
+
+def test_a_manifest_without_a_mean_behaviour_says_none(copy):
+    """Manifests written before the mean behaviour was kept load, and say they do not know it."""
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["recordings"].values():
+        del entry["preprocessing"]["behavior_mean"]
+    path.write_text(json.dumps(manifest))
+    info = artifact.load(copy, threads=1).twin("90002-1-1").info()
+    assert info["mean_condition"]["behavior"] is None and len(info["mean_condition"]["pupil_center"]) == 2
+
+
 def test_predictions_have_the_documented_shapes_and_types(loaded):
     twin = loaded.twin("90001-1-1")
     images = _images()

@@ -294,6 +294,41 @@ def test_behaviour_is_the_condition_of_every_stimulus():
         receptive_fields(model, behavior=[1.0, 0.0])
 
 
+class _Recording(LinearTwin):
+    """LinearTwin that says its training trials' mean condition and keeps the behaviour it was shown."""
+
+    def info(self) -> dict[str, Any]:
+        return super().info() | {"mean_condition": {"behavior": [2.0, 0.5, 7.0], "pupil_center": None}}
+
+    def predict(self, images, behavior=None, pupil_center=None, neurons=None):
+        self.shown = behavior
+        return super().predict(images, behavior, pupil_center, neurons)
+
+
+def test_mean_is_the_condition_the_twin_says():
+    model = _Recording(np.ones((2, 8, 8)), requires_behavior=True)
+    receptive_fields(model, square=2, stride=2, behavior="mean")
+    np.testing.assert_array_equal(model.shown, np.tile(np.float32([2.0, 0.5, 7.0]), (len(model.shown), 1)))
+    with pytest.raises(InvalidInput, match=r"^pupil_center: 'mean'; linear does not say its training"):
+        receptive_fields(model, behavior="mean", pupil_center="mean")
+    with pytest.raises(InvalidInput, match=r"^behavior: 'median'; expected numbers in raw units or 'mean'"):
+        receptive_fields(model, behavior="median")
+    with pytest.raises(InvalidInput, match=r"^behavior: 'mean'; linear does not say"):
+        receptive_fields(LinearTwin(np.ones((2, 8, 8)), requires_behavior=True), behavior="mean")
+    with pytest.raises(InvalidInput, match=r"needs it: .* or 'mean': its training trials' mean"):
+        receptive_fields(model)
+
+
+def test_the_ground_truth_says_its_recordings_mean_condition(tiny_sim, tiny_paths):
+    from twin.data import load_recording
+
+    key = "90002-1-1"
+    stats = load_recording(tiny_paths[key], progress=False).statistics
+    mean = GroundTruthTwin(tiny_sim, key).info()["mean_condition"]
+    for name in ("behavior", "pupil_center"):
+        np.testing.assert_allclose(mean[name], stats[name]["all"]["mean"], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -407,6 +442,22 @@ def test_the_command_runs_each_experiment_and_scores_it_against_the_truth(tiny_a
     assert (out / "size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_command_shows_stimuli_at_the_mean_condition_and_records_it(tiny_artifact, tmp_path):
+    key = "90002-1-1"
+    mean = twin.load(tiny_artifact, threads=1).twin(key).info()["mean_condition"]
+    out = tmp_path / "out"
+    args = ["--data-key", key, "--out", out, "--neurons", "1,2", "--no-plot"]
+    done = _twin_cli("rf", tiny_artifact, *args, "--behavior", "mean", "--pupil-center", "mean")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "rf.json").read_text())["condition"] == mean
+    done = _twin_cli("rf", tiny_artifact, *args, "--behavior", "1,2,3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "rf.json").read_text())["condition"] == {
+        "behavior": [1.0, 2.0, 3.0],
+        "pupil_center": None,
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -420,14 +471,18 @@ def test_the_command_runs_each_experiment_and_scores_it_against_the_truth(tiny_a
         (["rf", "{art}", "--data-key", KEY, "--neurons", "1,x", "--out", "{out}"], "'--neurons': '1,x'"),
         (
             ["rf", "{art}", "--data-key", KEY, "--behavior", "1,2", "--out", "{out}"],
-            "expected 3 comma-separated",
+            "expected 3 comma-separated numbers (pupil, its change, running) or 'mean'",
+        ),
+        (
+            ["rf", "{art}", "--data-key", KEY, "--pupil-center", "middle", "--out", "{out}"],
+            "'middle'; expected comma-separated numbers or 'mean'",
         ),
         (
             ["size", "{sim}", "--data-key", KEY, "--diameters", "8,4", "--out", "{out}"],
             "error: diameters: [8.0, 4.0]; expected at least 2 increasing sizes",
         ),
     ],
-    ids=["data-key", "source", "mei-neurons", "no-gradient", "neuron-ids", "behavior", "diameters"],
+    ids=["data-key", "source", "mei-neurons", "no-gradient", "neuron-ids", "behavior", "pupil", "diameters"],
 )
 def test_the_command_refuses_bad_input_with_one_line_and_status_2(
     tiny_artifact, tiny_sim, tmp_path, args, message

@@ -20,20 +20,27 @@ import click
 from twin import open_twin
 from twin.atomic import write_json
 from twin.errors import InvalidInput
+from twin.experiments.common import Condition
 
 __all__ = ["experiment"]
 
 
-def _numbers(name: str, width: int | None = None) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
-        if value is None:
-            return None
+def _numbers(
+    name: str, width: int | None = None, *, mean: bool = False
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Comma-separated numbers (`width` of them when given); with mean=True also the word "mean"."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | str | None:
+        if value is None or (mean and value == "mean"):
+            return value
         try:
             numbers = [float(v) for v in value.split(",")]
         except ValueError:
-            raise click.BadParameter(f"{value!r}; expected comma-separated numbers") from None
+            expected = "comma-separated numbers" + (" or 'mean'" if mean else "")
+            raise click.BadParameter(f"{value!r}; expected {expected}") from None
         if width is not None and len(numbers) != width:
-            raise click.BadParameter(f"{value!r}; expected {width} comma-separated numbers ({name})")
+            expected = f"{width} comma-separated numbers ({name})" + (" or 'mean'" if mean else "")
+            raise click.BadParameter(f"{value!r}; expected {expected}")
         return numbers
 
     return parse
@@ -57,8 +64,8 @@ class Setup:
     data_key: str | None
     model: str | None
     neurons: list[int] | None
-    behavior: list[float] | None
-    pupil_center: list[float] | None
+    behavior: list[float] | str | None
+    pupil_center: list[float] | str | None
     compare: Path | None
     no_plot: bool
     _twin: Any = None
@@ -90,7 +97,9 @@ class Setup:
                 scores = ground.score_meis(result, ground.natural_images())
             truth = ground.truth(result.neuron_ids)
         result.save(self.out / f"{kind}.npz")
+        condition = Condition.of(self.behavior, self.pupil_center, self.twin.info()).to_json()
         document = {"experiment": kind, "source": self.source, "parameters": parameters}
+        document["condition"] = condition  # the resolved values (raw units), also of "mean"
         document |= {"summary": result.summary()} | ({} if scores is None else {"ground_truth": scores})
         write_json(self.out / f"{kind}.json", document)
         written = [f"{kind}.npz", f"{kind}.json"]
@@ -119,15 +128,16 @@ _SETUP_OPTIONS = [
     click.option("--neurons", callback=_ids, default=None, help="Comma-separated neuron ids (default: all)."),
     click.option(
         "--behavior",
-        callback=_numbers("pupil, its change, running", 3),
+        callback=_numbers("pupil, its change, running", 3, mean=True),
         default=None,
-        help="Behaviour to show the stimuli in: pupil,dpupil,running (raw units).",
+        help="Behaviour to show the stimuli in: pupil,dpupil,running (raw units), or 'mean' (the "
+        "training trials' mean).",
     ),
     click.option(
         "--pupil-center",
-        callback=_numbers("x, y", 2),
+        callback=_numbers("x, y", 2, mean=True),
         default=None,
-        help="Pupil centre to show the stimuli in: x,y (raw units).",
+        help="Pupil centre to show the stimuli in: x,y (raw units), or 'mean'.",
     ),
     click.option(
         "--compare",

@@ -50,8 +50,27 @@ class Condition:
     pupil_center: np.ndarray | None = None  # (2,)
 
     @classmethod
-    def of(cls, behavior: Any = None, pupil_center: Any = None) -> Condition:
-        return cls(_row("behavior", behavior, 3), _row("pupil_center", pupil_center, 2))
+    def of(cls, behavior: Any = None, pupil_center: Any = None, info: dict | None = None) -> Condition:
+        """From raw values, or "mean": the twin's training trials' mean (its info()'s mean_condition)."""
+        mean = (info or {}).get("mean_condition") or {}
+        values = {"behavior": behavior, "pupil_center": pupil_center}
+        for name, value in values.items():
+            if isinstance(value, str):
+                if value != "mean":
+                    raise InvalidInput(f"{name}: {value!r}; expected numbers in raw units or 'mean'")
+                if mean.get(name) is None:
+                    raise InvalidInput(
+                        f"{name}: 'mean'; {(info or {}).get('name', 'this twin')} does not say its "
+                        f"training trials' mean {name} (no mean_condition in its info()); give the values"
+                    )
+                values[name] = mean[name]
+        return cls(_row("behavior", values["behavior"], 3), _row("pupil_center", values["pupil_center"], 2))
+
+    def to_json(self) -> dict[str, list[float] | None]:
+        return {
+            name: None if value is None else [float(v) for v in value]
+            for name, value in (("behavior", self.behavior), ("pupil_center", self.pupil_center))
+        }
 
     def rows(self, batch: int) -> dict[str, np.ndarray | None]:
         """The condition repeated for a batch, as a twin's keyword arguments."""
@@ -93,12 +112,13 @@ class Subject:
                 "(twin.load(...).twin(key), twin.TwinClient, GroundTruthTwin)"
             )
         info = twin.info()
-        condition = Condition.of(behavior, pupil_center)
+        condition = Condition.of(behavior, pupil_center, info)
         for name, needed in info.get("requires", {}).items():
             if needed and getattr(condition, name) is None:
                 raise InvalidInput(
                     f"{name}: None; {info.get('name', 'this twin')} ({info.get('data_key')}) needs it: "
-                    f"give the condition to show the stimuli in"
+                    f"give the condition to show the stimuli in (raw values, or 'mean': its training "
+                    f"trials' mean)"
                 )
         known = np.asarray(info["neuron_ids"], np.int64)
         if neurons is None:

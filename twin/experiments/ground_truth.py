@@ -74,6 +74,10 @@ class GroundTruthTwin:
             "image_units": "raw pixel units",
             "image_mean": float(np.asarray(stats["mean"])),
             "image_std": float(np.asarray(stats["std"])),
+            "mean_condition": {
+                k: np.asarray(recording.statistics[k]["all"]["mean"], np.float64).tolist()
+                for k in ("behavior", "pupil_center")
+            },
             "response_units": "recording response units",
         }
 
