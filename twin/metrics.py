@@ -139,14 +139,17 @@ def _repeated(images: _Images, metric: str) -> _Images:
 
 
 def _blocks(arrays: tuple[np.ndarray, ...], rows: np.ndarray | None) -> Iterator[tuple[np.ndarray, ...]]:
-    """Yield float64 copies of `arrays[:, block]` (rows picked by `rows`), block by block of neurons."""
+    """Yield float64 C-ordered copies of `arrays[:, block]` (rows picked by `rows`), block by block of
+    neurons: the reductions then add in one order whatever the callers' memory layout (a Fortran-ordered
+    prediction scored 1 ulp apart from the same values C-ordered)."""
     n_rows = arrays[0].shape[0] if rows is None else len(rows)
     n_cols = arrays[0].shape[1]
     width = max(1, _BLOCK_ELEMENTS // max(n_rows, 1))
     for start in range(0, n_cols, width):
         cols = slice(start, min(start + width, n_cols))
         yield tuple(
-            np.asarray(x[:, cols] if rows is None else x[rows, cols], dtype=np.float64) for x in arrays
+            np.ascontiguousarray(x[:, cols] if rows is None else x[rows, cols], dtype=np.float64)
+            for x in arrays
         )
 
 

@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import processes_naming
 from training.data import RecordingTensors, batches
 from training.distributed import gpu_placement, run_launcher
-from training.ensemble import greedy_select, mean_and_spread
+from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import get_config
 from training.run import evaluate, load_members, load_tensors, member_data, train_run
 from training.trainer import TrainConfig, predict
@@ -388,6 +388,21 @@ def test_greedy_selection_and_spread():
     assert all(b > a for a, b in itertools.pairwise(path))
     _mean, spread = mean_and_spread([good[0]["a"], good[0]["a"]])
     np.testing.assert_array_equal(spread, 0)
+
+
+def test_an_ensemble_of_one_member_scores_exactly_what_the_member_scores():
+    """Members' float32 predictions, Fortran-ordered as `predict` returns them: the selected ensemble's
+    score is never below its first member's, not even in the last bit."""
+    rng = np.random.default_rng(1)
+    responses = {"a": rng.normal(size=(80, 150)).astype(np.float32)}
+    for _ in range(20):
+        members = [
+            {"a": np.asfortranarray(responses["a"] + 3 * rng.normal(size=(80, 150)), np.float32)}
+            for _ in range(2)
+        ]
+        chosen, path = greedy_select(members, responses)
+        assert path[0] == pooled_correlation(responses, members[chosen[0]])
+        assert path[-1] >= max(pooled_correlation(responses, m) for m in members)
 
 
 def test_correlation_loss():

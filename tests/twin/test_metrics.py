@@ -59,6 +59,19 @@ def test_correlation_known_answer():
     assert float(rho) == pytest.approx(0.8, rel=1e-7)
 
 
+def test_scores_do_not_depend_on_memory_layout():
+    """C- or Fortran-ordered, float32 or float64: the same values give bit-identical scores."""
+    rng = np.random.default_rng(3)
+    responses = rng.gamma(1.0, 1.0, (60, 300)).astype(np.float32)
+    predictions = responses + rng.normal(size=responses.shape).astype(np.float32)
+    images = np.repeat(np.arange(6), 10)
+    variants = [predictions, np.asfortranarray(predictions), predictions.astype(np.float64)]
+    expected = metrics.correlation(responses, predictions)
+    for layout in variants[1:]:
+        assert np.array_equal(metrics.correlation(responses, layout), expected)
+        assert metrics.score(responses, layout, images) == metrics.score(responses, predictions, images)
+
+
 def test_correlation_along_other_axis():
     a = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
     b = np.array([[1.0, 3.0, 2.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
