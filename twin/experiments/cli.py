@@ -20,7 +20,6 @@ import click
 from twin import open_twin
 from twin.atomic import write_json
 from twin.errors import InvalidInput
-from twin.experiments.common import Condition
 
 __all__ = ["experiment"]
 
@@ -97,6 +96,8 @@ class Setup:
                 scores = ground.score_meis(result, ground.natural_images())
             truth = ground.truth(result.neuron_ids)
         result.save(self.out / f"{kind}.npz")
+        from twin.experiments.common import Condition
+
         condition = Condition.of(self.behavior, self.pupil_center, self.twin.info()).to_json()
         document = {"experiment": kind, "source": self.source, "parameters": parameters}
         document["condition"] = condition  # the resolved values (raw units), also of "mean"
