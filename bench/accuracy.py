@@ -65,13 +65,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from simulate import device_info, machine, positive_or
 
+from training.data import MODEL_IMAGE_SIZE
 from training.distributed import launch
 from training.models import CoreConfig, ModelConfig, get_config
 from training.run import evaluate, load_tensors, train_run
 from training.trainer import TrainConfig
 from twin import metrics
 from twin.atomic import write_json
-from twin.data import simulate
+from twin.data import load_recording, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -318,9 +319,10 @@ def core_changes(text: str) -> dict[str, object]:
 
 
 def _ablations(
-    width: int | None, twin_core: dict[str, object]
+    width: int | None, twin_core: dict[str, object], resized: bool
 ) -> dict[str, dict[str, tuple[ModelConfig, bool]]]:
-    """Rows: twin minus one ingredient -> {track: (model config, pre-train)}."""
+    """Rows: twin minus one ingredient -> {track: (model config, pre-train)}. resized: the recordings'
+    images are not at the models' resolution (else the resize row would train the full model again)."""
     full = {
         "sensorium": model_config("twin", width, core=twin_core),
         "sensorium+": model_config("twin_behavior", width, core=twin_core),
@@ -346,6 +348,10 @@ def _ablations(
             for t, c in full.items()
         },
     }
+    if resized:
+        rows["- anti-aliased resize (the baseline's bilinear)"] = {
+            t: (replace(c, input_resize="bilinear"), True) for t, c in full.items()
+        }
     behavior = full["sensorium+"]
     rows["- modulator"] = {"sensorium+": (replace(behavior, modulator=False), True)}
     rows["- shifter"] = {"sensorium+": (replace(behavior, shifter=False), True)}
@@ -456,7 +462,8 @@ def main() -> None:
             ),
         }
     if args.ablation:
-        for row, tracks in _ablations(width, twin_core).items():
+        sizes = {load_recording(p, progress=False).image_shape for p in target.values()}
+        for row, tracks in _ablations(width, twin_core, sizes != {MODEL_IMAGE_SIZE}).items():
             plan[row] = {
                 track: (
                     model,

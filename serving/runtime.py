@@ -33,7 +33,6 @@ from serving.observability import Metrics
 from serving.repository import ModelLease, ModelRepository
 from twin.artifact import OnnxTwin
 from twin.errors import DeadlineExceeded, FormatError, InvalidInput, ModelNotFound
-from twin.resize import resize_adjoint
 
 __all__ = ["BatchKey", "Gradient", "Prediction", "Runtime", "load_heldout", "within_deadline"]
 
@@ -243,7 +242,7 @@ class Runtime:
         self.metrics.observe_queue_time(result.queue_time_s)
         (gradient,) = result.outputs  # (B, h, w) at the model's resolution
         if resized:
-            gradient = resize_adjoint(gradient, twin.recording_image_size)
+            gradient = twin.gradient_at_recording_resolution(gradient)
         return Gradient(gradient.reshape(images.shape).astype(np.float32, copy=False))
 
     @staticmethod

@@ -1,7 +1,8 @@
 """Recordings as preprocessed tensors in memory, and the multi-mouse batch schedule of the reference trainer.
 
 Preprocessing is the SENSORIUM baseline's (SENSORIUM.md §2): images z-scored with the recording's image
-statistics and downscaled by bilinear interpolation without anti-aliasing to the model's resolution;
+statistics and downscaled by bilinear interpolation without anti-aliasing to the model's resolution (or,
+a model's choice, by area averaging: twin.resize);
 responses divided by their per-neuron std (neurons below 1% of the mean std use that threshold instead);
 behaviour divided by its std (not centred); pupil centre z-scored. Metrics are computed on the
 standardized responses. Everything is read once; a training step never touches the disk.
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from twin.data import Recording
 from twin.errors import InvalidInput
+from twin.resize import RESIZE_MODES, interpolation_matrix
 
 __all__ = ["MODEL_IMAGE_SIZE", "Preprocessing", "RecordingTensors", "batches", "preprocess_images"]
 
@@ -39,10 +41,15 @@ class Preprocessing:
     # (3,) the trials' mean behaviour in raw units: not an input constant (behaviour is not centred) but
     # the condition an in-silico experiment shows stimuli in; None in descriptions written without it
     behavior_mean: np.ndarray | None = None
+    resize: str = "bilinear"  # how images at another resolution reach image_size (twin.resize's modes)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise InvalidInput(f"resize: {self.resize!r}; expected one of {list(RESIZE_MODES)}")
 
     @classmethod
     def from_recording(
-        cls, recording: Recording, image_size: tuple[int, int] = MODEL_IMAGE_SIZE
+        cls, recording: Recording, image_size: tuple[int, int] = MODEL_IMAGE_SIZE, resize: str = "bilinear"
     ) -> Preprocessing:
         stats = recording.statistics
         if not stats:
@@ -62,6 +69,7 @@ class Preprocessing:
             pupil_mean=stat("pupil_center", "mean").astype(np.float32),
             pupil_std=_safe(stat("pupil_center", "std")),
             behavior_mean=stat("behavior", "mean").astype(np.float32),
+            resize=resize,
         )
 
     def to_dict(self) -> dict:
@@ -75,6 +83,7 @@ class Preprocessing:
             "pupil_mean": self.pupil_mean.tolist(),
             "pupil_std": self.pupil_std.tolist(),
             **mean,
+            "resize": self.resize,
         }
 
     @classmethod
@@ -88,6 +97,7 @@ class Preprocessing:
             pupil_mean=np.asarray(d["pupil_mean"], np.float32),
             pupil_std=np.asarray(d["pupil_std"], np.float32),
             behavior_mean=None if d.get("behavior_mean") is None else np.asarray(d["behavior_mean"], "f4"),
+            resize=str(d.get("resize", "bilinear")),  # descriptions written before the choice: bilinear
         )
 
 
@@ -96,12 +106,20 @@ def _safe(std: np.ndarray) -> np.ndarray:
     return np.where(std > 0, std, 1.0).astype(np.float32)
 
 
-def preprocess_images(images: torch.Tensor, mean: float, std: float, size: tuple[int, int]) -> torch.Tensor:
-    """Raw images (B, 1, H, W) -> z-scored, bilinearly rescaled (no anti-aliasing) float32 (B, 1, h, w)."""
+def preprocess_images(
+    images: torch.Tensor, mean: float, std: float, size: tuple[int, int], resize: str = "bilinear"
+) -> torch.Tensor:
+    """Raw images (B, 1, H, W) -> z-scored float32 (B, 1, h, w), rescaled to `size` in twin.resize's
+    `resize` mode: "bilinear" as the baseline (F.interpolate, no anti-aliasing), "area" by the very
+    matrices the served twin resizes with."""
     x = (images.to(torch.float32) - mean) / std
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return x
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if resize == "bilinear":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    rows = torch.from_numpy(interpolation_matrix(x.shape[-2], size[0], resize).astype(np.float32))
+    cols = torch.from_numpy(interpolation_matrix(x.shape[-1], size[1], resize).astype(np.float32))
+    return rows.to(x.device) @ x @ cols.to(x.device).T
 
 
 @dataclass
@@ -125,15 +143,18 @@ class RecordingTensors:
         responses: np.ndarray | None = None,
         image_size: tuple[int, int] = MODEL_IMAGE_SIZE,
         chunk: int = 1024,
+        resize: str = "bilinear",
     ) -> RecordingTensors:
-        """Preprocess every trial. `responses` replaces the recording's (e.g. with held-out ones restored)."""
-        pre = Preprocessing.from_recording(recording, image_size)
+        """Preprocess every trial. `responses` replaces the recording's (e.g. with held-out ones restored);
+        `resize`: how images reach image_size (twin.resize's modes)."""
+        pre = Preprocessing.from_recording(recording, image_size, resize)
         parts = [
             preprocess_images(
                 torch.from_numpy(np.array(recording.images[s : s + chunk])),
                 pre.image_mean,
                 pre.image_std,
                 image_size,
+                resize,
             )
             for s in range(0, recording.n_trials, chunk)
         ]

@@ -33,9 +33,10 @@ __all__ = ["evaluate", "load_members", "load_tensors", "resolve_model", "train_r
 
 
 def load_tensors(
-    paths: list[str | os.PathLike[str]], *, with_held_out: bool = False
+    paths: list[str | os.PathLike[str]], *, with_held_out: bool = False, resize: str = "bilinear"
 ) -> dict[str, RecordingTensors]:
-    """Recordings as model tensors keyed by data key. Held-out responses restored on request."""
+    """Recordings as model tensors keyed by data key. Held-out responses restored on request; images
+    reach the model's resolution in `resize` mode (the model config's input_resize)."""
     out: dict[str, RecordingTensors] = {}
     sizes = {}
     for path in paths:
@@ -43,7 +44,7 @@ def load_tensors(
         if rec.data_key in out:
             raise InvalidInput(f"data: data key {rec.data_key} given twice ({path})")
         responses = responses_with_held_out(rec, path) if with_held_out else None
-        out[rec.data_key] = RecordingTensors.from_recording(rec, responses)
+        out[rec.data_key] = RecordingTensors.from_recording(rec, responses, resize=resize)
         sizes[rec.data_key] = rec.image_shape
     if len({s for s in sizes.values()}) > 1:
         raise InvalidInput(
@@ -207,7 +208,7 @@ def train_run(
     model_config = resolve_model(model)
     config = (config or TrainConfig()).for_model(model_config)  # run.json states the loss used
     run = Path(out)
-    data = load_tensors(paths)
+    data = load_tensors(paths, resize=model_config.input_resize)
     _check_track(model_config, data)
     rank, world = _rank()
     description = {
@@ -311,7 +312,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], members: int) -> dict:
     """Validation metrics of every member, greedy selection, then test metrics where responses exist."""
-    _, nets = load_members(run)
+    description, nets = load_members(run)
     tier = "validation"  # the recordings' own validation trials: never trained on by any ensemble member
     responses = {k: d.responses[d.indices(tier)].numpy() for k, d in data.items()}
     predictions = [{k: predict(net, d, d.indices(tier)) for k, d in data.items()} for net in nets]
@@ -328,7 +329,8 @@ def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], membe
         write_json(folder / "metrics.json", {**info, "validation_correlation": member_scores[f"member-{i}"]})
     write_json(run / "selection.json", {"selected": selected})
     test: dict = {}
-    for key, d in load_tensors(paths, with_held_out=True).items():
+    resize = ModelConfig.from_dict(description["model"]).input_resize
+    for key, d in load_tensors(paths, with_held_out=True, resize=resize).items():
         if "test" not in d.tiers or not torch.any(d.responses[d.indices("test")] != 0):
             continue
         idx = d.indices("test")
@@ -389,8 +391,10 @@ def evaluate(
     Uses the held-out responses (found beside the recording) where the recording ships them zeroed. The
     ensemble's spread (std across members) is reported as its mean per-neuron uncertainty.
     """
-    _, nets = load_members(run_dir, selected_only=True)
-    data = load_tensors(paths, with_held_out=True)
+    description, nets = load_members(run_dir, selected_only=True)
+    data = load_tensors(
+        paths, with_held_out=True, resize=ModelConfig.from_dict(description["model"]).input_resize
+    )
     out = {}
     for key, d in data.items():
         idx = d.indices(tier)

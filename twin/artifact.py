@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from twin.errors import FormatError, InvalidInput, ModelNotFound
-from twin.resize import resize, resize_adjoint
+from twin.resize import RESIZE_MODES, resize, resize_adjoint
 
 __all__ = [
     "MANIFEST",
@@ -262,6 +262,13 @@ class CheckedTwin:
         height, width = entry["recording_image_size"]
         self.recording_image_size = (int(height), int(width))
         self.requires = {k: bool(v) for k, v in entry["requires"].items()}
+        # How recording-resolution images reach the model's: as in training (manifests without it: bilinear)
+        self.resize = str(entry["preprocessing"].get("resize", "bilinear"))
+        if self.resize not in RESIZE_MODES:
+            raise FormatError(
+                f"manifest: recording {data_key} preprocessing.resize is {self.resize!r}; "
+                f"expected one of {list(RESIZE_MODES)}"
+            )
         self._columns = {int(i): c for c, i in enumerate(self.neuron_ids)}
         self.members = list(members)
         self.n_members = int(n_members)
@@ -304,7 +311,7 @@ class CheckedTwin:
         if a.shape[1:] == self.image_size:
             return a, False
         if a.shape[1:] == self.recording_image_size:
-            return resize(a, self.image_size), True
+            return resize(a, self.image_size, self.resize), True
         raise InvalidInput(f"images: shape {a.shape}; expected {sizes}")
 
     def _extra(self, name: str, value: Any, batch: int, width: int) -> np.ndarray | None:
@@ -340,6 +347,11 @@ class CheckedTwin:
 
     def _neurons(self, neurons: Sequence[int] | np.ndarray | None) -> slice | np.ndarray:
         return neuron_columns(self._columns, neurons, self.data_key)
+
+    def gradient_at_recording_resolution(self, gradient: np.ndarray) -> np.ndarray:
+        """A gradient (B, h, w) w.r.t. model-resolution images as one w.r.t. the recording-resolution
+        images they were resized from (the resize's adjoint)."""
+        return resize_adjoint(gradient, self.recording_image_size, self.resize)
 
     # ----- the twin interface -----
 
@@ -395,7 +407,7 @@ class CheckedTwin:
         if not np.all(np.isfinite(w)):
             raise InvalidInput("weights: contains NaN or inf; expected finite values")
         gradient = self.run_gradient({**feed, "weights": w})
-        return resize_adjoint(gradient, self.recording_image_size) if resized else gradient
+        return self.gradient_at_recording_resolution(gradient) if resized else gradient
 
 
 class OnnxTwin(CheckedTwin):

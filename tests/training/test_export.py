@@ -33,11 +33,11 @@ RTOL = 1e-5  # of the largest magnitude: float32 graphs vs float32 torch
 
 @pytest.fixture(scope="module")
 def upscaled(tiny_paths, tmp_path_factory) -> Path:
-    """The behaviour recording (part of it) with 72 x 128 images; models see them at 36 x 64."""
+    """The behaviour recording (part of it) with 144 x 256 images as SENSORIUM's; models see 36 x 64."""
     rec = load_recording(tiny_paths["90002-1-1"], progress=False)
     part = rec.subset(np.concatenate([rec.tier_indices("train")[:400], rec.tier_indices("validation")]))
-    big = replace(part, images=np.repeat(np.repeat(part.images, 2, axis=2), 2, axis=3))
-    return write_recording(big, tmp_path_factory.mktemp("x2") / "static90002-1-1-x2", progress=False)
+    big = replace(part, images=np.repeat(np.repeat(part.images, 4, axis=2), 4, axis=3))
+    return write_recording(big, tmp_path_factory.mktemp("x4") / "static90002-1-1-x4", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,8 @@ def _inputs(pre: Preprocessing, batch: int, size: tuple[int, int], seed: int) ->
 
 def _reference(nets, pre: Preprocessing, key: str, x: dict[str, np.ndarray], images: torch.Tensor):
     """Members (M, B, N) of the torch ensemble through the training pipeline's own preprocessing."""
-    model_images = preprocess_images(images[:, None], pre.image_mean, pre.image_std, pre.image_size)
+    size = pre.image_size
+    model_images = preprocess_images(images[:, None], pre.image_mean, pre.image_std, size, pre.resize)
     behavior = torch.from_numpy(x["behavior"] / pre.behavior_std)
     pupil = torch.from_numpy((x["pupil_center"] - pre.pupil_mean) / pre.pupil_std)
     out = [net(model_images, key, behavior=behavior, pupil_center=pupil) for net in nets]
@@ -126,6 +127,28 @@ def test_resize_is_torch_interpolate_and_its_adjoint():
     np.testing.assert_allclose(interpolation_matrix(144, 36).sum(1), 1.0)
 
 
+def test_area_resize_averages_each_footprint_and_training_resizes_the_same_way():
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (3, 144, 256)).astype(np.float32)
+    blocks = images.reshape(3, 36, 4, 64, 4).mean((2, 4))  # an integer factor: the 4 x 4 block means
+    np.testing.assert_allclose(resize(images, (36, 64), "area"), blocks, rtol=1e-5)
+    x = torch.from_numpy(images)[:, None]
+    np.testing.assert_allclose(F.interpolate(x, (36, 64), mode="area")[:, 0], blocks, rtol=1e-5)
+    for source, target in [((144, 256), (36, 64)), ((37, 65), (36, 64)), ((36, 64), (50, 90))]:
+        m = interpolation_matrix(source[0], target[0], "area")
+        np.testing.assert_allclose(m.sum(1), 1.0)  # weights of each output pixel sum to 1
+        np.testing.assert_allclose(m.sum(0), target[0] / source[0])  # every input pixel counts equally
+        a = rng.normal(size=(2, *source)).astype(np.float32)
+        g = rng.normal(size=(2, *target)).astype(np.float32)
+        inner = float(np.sum(resize(a, target, "area").astype(np.float64) * g))
+        adjoint = float(np.sum(a.astype(np.float64) * resize_adjoint(g, source, "area")))
+        assert abs(inner - adjoint) < 1e-4 * max(abs(inner), 1.0)  # <R a, g> = <a, R^T g>
+        torch_area = preprocess_images(torch.from_numpy(a)[:, None], 0.0, 1.0, target, "area")[:, 0]
+        np.testing.assert_allclose(torch_area.numpy(), resize(a, target, "area"), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInput, match=r"^resize: 'cubic'; expected one of \['bilinear', 'area'\]"):
+        resize(images, (36, 64), "cubic")
+
+
 @pytest.mark.parametrize("batch", [1, 5])
 def test_image_only_artifact_matches_the_torch_ensemble(tiny_run, tiny_artifact, batch):
     twin = artifact.load(tiny_artifact, threads=2)
@@ -153,7 +176,7 @@ def test_behavior_artifact_matches_the_torch_ensemble_at_both_resolutions(
 ):
     twin = artifact.load(behavior_artifact, threads=2).twin()
     nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
-    assert twin.recording_image_size == (72, 128) and twin.image_size == (36, 64)
+    assert twin.recording_image_size == (144, 256) and twin.image_size == (36, 64)
     assert twin.requires == {"behavior": True, "pupil_center": True}
     for size in (twin.recording_image_size, twin.image_size):
         x = _inputs(pre, batch, size, batch)
@@ -262,8 +285,9 @@ def test_manifest_describes_the_artifact(behavior_run, behavior_artifact, upscal
     recording = load_recording(upscaled, progress=False)
     assert entry["neuron_ids"] == recording.neuron_ids.tolist() and entry["n_neurons"] == 150
     np.testing.assert_allclose(entry["cortical_coordinates"], recording.cell_motor_coordinates, rtol=1e-6)
-    assert (entry["image_size"], entry["recording_image_size"]) == ([36, 64], [72, 128])
+    assert (entry["image_size"], entry["recording_image_size"]) == ([36, 64], [144, 256])
     assert entry["preprocessing"] == run["preprocessing"]["90002-1-1"]
+    assert entry["preprocessing"]["resize"] == "area"  # twin_behavior's: served as it was trained
     assert entry["requires"] == {"behavior": True, "pupil_center": True}
     assert entry["response_units"] == "recording response units"
     images = {"name": "images", "dtype": "float32", "shape": ["batch", 36, 64], "units": "raw pixel units"}

@@ -431,6 +431,10 @@ def test_config_round_trip(name):
             lambda: ModelConfig(name="x", core=CoreConfig(), readout=ReadoutConfig(), correlation_weight=-1),
             "correlation_weight",
         ),
+        (
+            lambda: ModelConfig(name="x", core=CoreConfig(), readout=ReadoutConfig(), input_resize="cubic"),
+            "input_resize",
+        ),
         (lambda: ModelConfig.from_dict({**get_config("cnn").to_dict(), "colour": True}), "colour"),
         (lambda: ModelConfig.from_dict({**get_config("cnn").to_dict(), "core": {"chanels": 3}}), "chanels"),
     ],
@@ -438,6 +442,20 @@ def test_config_round_trip(name):
 def test_invalid_configs_name_the_field(make, field):
     with pytest.raises(InvalidInput, match=field):
         make()
+
+
+def test_the_baselines_resize_bilinearly_and_the_twin_by_area():
+    """The baselines keep SENSORIUM's bilinear resize without anti-aliasing; the twin averages areas."""
+    assert {name: get_config(name).input_resize for name in available()} == {
+        "ln": "bilinear",
+        "cnn": "bilinear",
+        "cnn_behavior": "bilinear",
+        "twin": "area",
+        "twin_behavior": "area",
+    }
+    stored = get_config("twin").to_dict()
+    del stored["input_resize"]  # a run stored before the field existed keeps the resize it trained with
+    assert ModelConfig.from_dict(stored).input_resize == "bilinear"
 
 
 def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation_weight():

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from twin.errors import InvalidInput
+from twin.resize import RESIZE_MODES
 
 __all__ = ["BIAS_INITS", "CORE_KINDS", "CoreConfig", "ModelConfig", "ReadoutConfig"]
 
@@ -144,6 +145,10 @@ class ModelConfig:
     modulator: a per-recording MLP behaviour (3) -> modulator_hidden -> one gain per neuron multiplies
     the predicted rate (the winners' modulator, from behaviour only: our trials carry no time order).
     image_shape: (H, W) of the images the model takes (the baseline's 36 x 64).
+    input_resize: how a recording's images reach image_shape (twin.resize): "bilinear" without
+    anti-aliasing as the baseline (SENSORIUM.md §2), or "area", averaging each output pixel's footprint so
+    that detail finer than the model's pixels does not alias into it (the winners' reason for a strided
+    first conv on the full-resolution images instead of the baseline's resize).
     correlation_weight: its loss, Poisson + correlation_weight * (1 - per-neuron correlation over the
     batch) (the winners' loss; 0: the baselines' Poisson loss alone). A training config may override it.
     """
@@ -159,6 +164,7 @@ class ModelConfig:
     input_centered: bool = False
     modulator_hidden: int = 16
     correlation_weight: float = 0.0
+    input_resize: str = "bilinear"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -171,6 +177,8 @@ class ModelConfig:
             _check_bool(self, name)
         _check_int(self, "modulator_hidden", 1)
         _check_float(self, "correlation_weight", 0.0, float("inf"))
+        if self.input_resize not in RESIZE_MODES:
+            raise InvalidInput(f"input_resize: {self.input_resize!r}; expected one of {list(RESIZE_MODES)}")
         shape = self.image_shape
         if (
             not isinstance(shape, tuple | list)

@@ -105,7 +105,8 @@ def _twin_core(in_channels: int) -> CoreConfig:
 
 @register("twin")
 def twin() -> ModelConfig:
-    """Our SENSORIUM (image-only) model: resnet core fed the image, a centred copy and Sobel gradients."""
+    """Our SENSORIUM (image-only) model: resnet core fed the image, a centred copy and Sobel gradients, the
+    image downscaled by area averaging (anti-aliased) instead of the baseline's bilinear resize."""
     return ModelConfig(
         name="twin",
         core=_twin_core(4),
@@ -113,6 +114,7 @@ def twin() -> ModelConfig:
         input_gradients=True,
         input_centered=True,
         correlation_weight=1.0,
+        input_resize="area",
     )
 
 
@@ -129,4 +131,5 @@ def twin_behavior() -> ModelConfig:
         shifter=True,
         modulator=True,
         correlation_weight=1.0,
+        input_resize="area",
     )

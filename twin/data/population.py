@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from twin.errors import InvalidInput
+from twin.resize import interpolation_matrix
 
 __all__ = ["GRID", "Population", "calibrate_population", "resample_to_grid", "sample_population"]
 
@@ -167,21 +168,13 @@ def to_contrast(grid_images: np.ndarray) -> np.ndarray:
     return ((grid_images - _PIXEL_MEAN) / _PIXEL_STD).astype(np.float32)
 
 
-def _area_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) weights that average the input cells overlapping each output cell."""
-    edges = np.linspace(0.0, n_in, n_out + 1)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    cells = np.arange(n_in)[None, :]
-    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
-    return (overlap / overlap.sum(1, keepdims=True)).astype(np.float32)
-
-
 def resample_to_grid(images: np.ndarray) -> np.ndarray:
     """(B, H, W) raw images -> (B, 36, 64) float32 by area averaging (identity at 36 x 64)."""
     h, w = images.shape[-2:]
     if (h, w) == GRID:
         return images.astype(np.float32)
-    rows, cols = _area_matrix(GRID[0], h), _area_matrix(GRID[1], w)
+    rows = interpolation_matrix(h, GRID[0], "area").astype(np.float32)
+    cols = interpolation_matrix(w, GRID[1], "area").astype(np.float32)
     return np.einsum("yh,bhw,xw->byx", rows, images.astype(np.float32), cols, optimize=True)
 
 
