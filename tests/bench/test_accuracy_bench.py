@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,22 @@ def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path)
         ablations["- modulator"]["pretrained"]["run"] == ablations["- shifter"]["pretrained"]["run"] == full
     )
     assert ablations["- dropout"]["pretrained"]["run"] != full
+
+
+def test_presets_that_resize_add_the_resize_row_and_only_it_switches_to_bilinear():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from accuracy import _ablations, model_config
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    plain, resized = _ablations(8, {}, resized=False), _ablations(8, {}, resized=True)
+    row = "- anti-aliased resize (the baseline's bilinear)"
+    assert row not in plain and set(resized) == {*plain, row}
+    names = {"sensorium": "twin", "sensorium+": "twin_behavior"}
+    full = {track: model_config(name, 8, core={}) for track, name in names.items()}
+    for track, (model, pretrained) in resized[row].items():
+        assert pretrained and model.input_resize == "bilinear" and full[track].input_resize == "area"
+        assert replace(model, input_resize="area") == full[track]  # the one ingredient switched off
 
 
 @pytest.mark.slow
