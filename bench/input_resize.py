@@ -129,13 +129,19 @@ def train_one(sim: Path, mode: str, seed: int, width: int, epochs: int, work: Pa
     return out
 
 
+def _simulation(data: Path | None, scratch: str, preset) -> tuple[Path, str]:
+    """`data`, or `preset` simulated into `scratch`; with the simulation's preset name."""
+    sim = data
+    if sim is None:
+        sim = Path(scratch) / "sim"
+        simulate(preset, sim, progress=False)
+    return sim, json.loads((sim / "simulation.json").read_text())["preset"]
+
+
 def train(args: argparse.Namespace) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
-        sim = args.data
-        if sim is None:
-            sim = Path(scratch) / "sim"
-            simulate(TRAIN_PRESET, sim, progress=False)
+        sim, preset = _simulation(args.data, scratch, TRAIN_PRESET)
         jobs = [
             (sim, mode, seed, args.width, args.epochs, Path(scratch))
             for seed in seeds
@@ -144,7 +150,6 @@ def train(args: argparse.Namespace) -> dict:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
             runs = list(pool.map(train_one, *zip(*jobs, strict=True)))
-        preset = json.loads((Path(sim) / "simulation.json").read_text())["preset"]
     keys = [k for k in runs[0] if isinstance(runs[0][k], dict)]
     summary = {
         mode: {
@@ -197,11 +202,7 @@ def main() -> None:
         print(f"wrote {out}")
         return
     with tempfile.TemporaryDirectory() as scratch:
-        sim = args.data
-        if sim is None:
-            sim = Path(scratch) / "small"
-            simulate("small", sim, progress=False)
-        preset = json.loads((sim / "simulation.json").read_text())["preset"]
+        sim, preset = _simulation(args.data, scratch, "small")
         rows = [measure(folder, sim, args.images) for folder in sorted(sim.glob("static*"))]
     result = {"benchmark": "input_resize", "preset": preset, "machine": machine(), "recordings": rows}
     out = args.out or ROOT / "bench" / "results" / f"input_resize-{preset}.json"

@@ -25,13 +25,13 @@ RESIZE_MODES = ("bilinear", "area")
 
 @lru_cache(maxsize=64)
 def _matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
-    out = np.zeros((n_out, n_in), np.float64)
     if mode == "area":
         edges = np.linspace(0.0, n_in, n_out + 1)  # output cell i covers [edges[i], edges[i + 1])
         cells = np.arange(n_in)[None, :]
         overlap = np.minimum(edges[1:, None], cells + 1) - np.maximum(edges[:-1, None], cells)
         out = np.clip(overlap, 0.0, None) / (n_in / n_out)
     else:
+        out = np.zeros((n_out, n_in), np.float64)
         scale = n_in / n_out
         source = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)  # (n_out,) as torch: clamped at 0
         low = np.floor(source).astype(np.int64)

@@ -52,7 +52,8 @@ class Condition:
     @classmethod
     def of(cls, behavior: Any = None, pupil_center: Any = None, info: dict | None = None) -> Condition:
         """From raw values, or "mean": the twin's training trials' mean (its info()'s mean_condition)."""
-        mean = (info or {}).get("mean_condition") or {}
+        info = info or {}
+        mean = info.get("mean_condition") or {}
         values = {"behavior": behavior, "pupil_center": pupil_center}
         for name, value in values.items():
             if isinstance(value, str):
@@ -60,7 +61,7 @@ class Condition:
                     raise InvalidInput(f"{name}: {value!r}; expected numbers in raw units or 'mean'")
                 if mean.get(name) is None:
                     raise InvalidInput(
-                        f"{name}: 'mean'; {(info or {}).get('name', 'this twin')} does not say its "
+                        f"{name}: 'mean'; {info.get('name', 'this twin')} does not say its "
                         f"training trials' mean {name} (no mean_condition in its info()); give the values"
                     )
                 values[name] = mean[name]
