@@ -77,6 +77,19 @@ def test_a_manifest_without_a_mean_behaviour_says_none(copy):
     assert info["mean_condition"]["behavior"] is None and len(info["mean_condition"]["pupil_center"]) == 2
 
 
+def test_a_manifest_with_an_unknown_resize_is_refused_naming_it(copy):
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["recordings"]["90002-1-1"]["preprocessing"]["resize"] == "bilinear"  # cnn-tiny's
+    manifest["recordings"]["90002-1-1"]["preprocessing"]["resize"] = "cubic"
+    path.write_text(json.dumps(manifest))
+    loaded = artifact.load(copy, threads=1)
+    message = r"recording 90002-1-1 preprocessing\.resize is 'cubic'; expected one of"
+    with pytest.raises(FormatError, match=message):
+        loaded.twin("90002-1-1")
+    assert loaded.twin("90001-1-1").resize == "bilinear"  # the other recording still loads
+
+
 def test_predictions_have_the_documented_shapes_and_types(loaded):
     twin = loaded.twin("90001-1-1")
     images = _images()
