@@ -23,6 +23,7 @@ import torch
 from training.data import RecordingTensors
 from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import ModelConfig, RecordingShape, build, get_config
+from training.rf_centers import estimate_centers
 from training.trainer import BEST, TrainConfig, predict, train
 from twin import metrics
 from twin.atomic import write_json
@@ -106,15 +107,26 @@ def member_data(data: dict[str, RecordingTensors], member: int, members: int, se
     return out
 
 
-def _shapes(data: dict[str, RecordingTensors]) -> dict[str, RecordingShape]:
-    return {
-        key: RecordingShape(
+def _shapes(
+    data: dict[str, RecordingTensors], model_config: ModelConfig, device: str = "cpu"
+) -> dict[str, RecordingShape]:
+    """What the model's readouts are built from: each recording's neurons, from its training trials
+    (those of the member: its own early-stopping split is left out); the estimates are computed on
+    `device`."""
+    out = {}
+    for key, d in data.items():
+        train = d.indices("train")
+        centers = clarity = None
+        if model_config.readout.position_init == "data":
+            centers, clarity = estimate_centers(d.images[train], d.responses[train], device)
+        out[key] = RecordingShape(
             n_neurons=d.n_neurons,
             coordinates=d.coordinates,
-            mean_response=d.responses[d.indices("train")].mean(0).cpu().numpy(),
+            mean_response=d.responses[train].mean(0).cpu().numpy(),
+            rf_centers=centers,
+            rf_clarity=clarity,
         )
-        for key, d in data.items()
-    }
+    return out
 
 
 def pretrained_weights(init_from: str | os.PathLike[str], member: int) -> tuple[dict, str]:
@@ -228,7 +240,7 @@ def train_run(
     for i in range(rank, members, world):
         own = member_data(data, i, members, config.seed)
         torch.manual_seed(config.seed + i)
-        net = build(model_config, _shapes(own))
+        net = build(model_config, _shapes(own, model_config, config.device))
         folder = run / "members" / f"member-{i}"
         start = None
         if init_from is not None:

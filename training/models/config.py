@@ -12,10 +12,11 @@ from typing import Any
 from twin.errors import InvalidInput
 from twin.resize import RESIZE_MODES
 
-__all__ = ["BIAS_INITS", "CORE_KINDS", "CoreConfig", "ModelConfig", "ReadoutConfig"]
+__all__ = ["BIAS_INITS", "CORE_KINDS", "POSITION_INITS", "CoreConfig", "ModelConfig", "ReadoutConfig"]
 
 CORE_KINDS = ("cnn", "linear", "resnet")
 BIAS_INITS = ("zero", "mean")
+POSITION_INITS = ("random", "data")
 
 
 def _check_int(obj: object, name: str, minimum: int) -> None:
@@ -113,6 +114,10 @@ class ReadoutConfig:
     bias_init: "zero" as the SENSORIUM 2022 baseline (it passes no mean activity, so neuralpredictors
     fills the bias with 0: predictions start at ELU(0) + 1 = 1), or "mean": bias = the recording's mean
     response, neuralpredictors' initialize_bias(mean_activity) (no inverse of ELU + 1).
+    position_init: "random" as the baseline (neuralpredictors' initialisation: a random position map,
+    or U(-init_mu_range, init_mu_range)), or "data": the positions start at the receptive-field centres
+    estimated from the recording's training trials (training.rf_centers), through the map of cortical
+    coordinates when use_coordinates (a robust fit of the MLP to them), else directly.
     """
 
     l1_weight: float = 0.0076
@@ -121,6 +126,7 @@ class ReadoutConfig:
     position_hidden: int = 30
     use_coordinates: bool = True
     bias_init: str = "zero"
+    position_init: str = "random"
 
     def __post_init__(self) -> None:
         _check_float(self, "l1_weight", 0.0, float("inf"))
@@ -130,6 +136,10 @@ class ReadoutConfig:
         _check_bool(self, "use_coordinates")
         if self.bias_init not in BIAS_INITS:
             raise InvalidInput(f"bias_init: {self.bias_init!r}; expected one of {list(BIAS_INITS)}")
+        if self.position_init not in POSITION_INITS:
+            raise InvalidInput(
+                f"position_init: {self.position_init!r}; expected one of {list(POSITION_INITS)}"
+            )
 
 
 @dataclass(frozen=True)

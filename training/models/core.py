@@ -8,6 +8,7 @@ SENSORIUM winners' ResNet-style cores did.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,6 +137,16 @@ class Core(nn.Module):
         out_h = (height + 2 * padding - c.input_kernel) // c.input_stride + 1
         out_w = (width + 2 * padding - c.input_kernel) // c.input_stride + 1
         return c.channels, out_h, out_w
+
+    def feature_position(self, pixels: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """Input pixel positions (..., 2) as (x, y) -> the readout's feature-map coordinates in [-1, 1]
+        (grid_sample's align_corners=True convention) of the features (H', W') computed there."""
+        c = self.config
+        padding = c.input_kernel // 2 if c.pad_input else 0
+        _, out_h, out_w = self.output_shape(*image_shape)
+        index = (np.asarray(pixels, dtype=np.float64) + padding - (c.input_kernel - 1) / 2) / c.input_stride
+        size = np.array([out_w, out_h], dtype=np.float64)
+        return np.where(size > 1, index / np.maximum(size - 1, 1) * 2 - 1, 0.0).astype(np.float32)
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.input_layer(images)  # (B, C, H', W')

@@ -33,11 +33,17 @@ class RecordingShape:
     coordinates: (N, 3) cortical x, y, z in micrometres (only x, y are used), or None.
     mean_response: (N,) mean training response, or None; the readout bias starts at it when the
     config's readout.bias_init is "mean" (unused with "zero").
+    rf_centers: (N, 2) receptive-field centres, (x, y) pixels of the model's input, and rf_clarity (N,)
+    in [0, 1], how clearly each was found (training.rf_centers), or None; the readout positions start
+    there when the config's readout.position_init is "data" (training gives them; a model built to
+    load trained weights needs none).
     """
 
     n_neurons: int
     coordinates: np.ndarray | None = None
     mean_response: np.ndarray | None = None
+    rf_centers: np.ndarray | None = None
+    rf_clarity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.n_neurons
@@ -49,6 +55,12 @@ class RecordingShape:
                 raise InvalidInput(f"coordinates: shape {shape}; expected ({n}, 3) (or ({n}, 2))")
         if self.mean_response is not None and np.shape(self.mean_response) != (n,):
             raise InvalidInput(f"mean_response: shape {np.shape(self.mean_response)}; expected ({n},)")
+        if (self.rf_centers is None) != (self.rf_clarity is None):
+            raise InvalidInput("rf_centers, rf_clarity: give both or neither")
+        if self.rf_centers is not None and np.shape(self.rf_centers) != (n, 2):
+            raise InvalidInput(f"rf_centers: shape {np.shape(self.rf_centers)}; expected ({n}, 2)")
+        if self.rf_clarity is not None and np.shape(self.rf_clarity) != (n,):
+            raise InvalidInput(f"rf_clarity: shape {np.shape(self.rf_clarity)}; expected ({n},)")
 
 
 class Twin(nn.Module):
@@ -95,6 +107,10 @@ class Twin(nn.Module):
             readout = GaussianReadout(in_shape, coordinates, config.readout, n_neurons=shape.n_neurons)
             if config.readout.bias_init == "mean":
                 readout.initialize_bias(shape.mean_response)
+            if config.readout.position_init == "data" and shape.rf_centers is not None:
+                readout.initialize_positions(
+                    self.core.feature_position(shape.rf_centers, config.image_shape), shape.rf_clarity
+                )
             self.readouts[key] = readout
             if self.shifters is not None:
                 self.shifters[key] = Shifter()

@@ -170,6 +170,58 @@ class GaussianReadout(nn.Module):
         """l1_weight * sum |feature weights| (FullGaussian2d.regularizer, reduction 'sum' as trained)."""
         return self.config.l1_weight * self.features.abs().sum()
 
+    def initialize_positions(self, positions: np.ndarray, clarity: np.ndarray, steps: int = 200) -> None:
+        """Start the mean positions at `positions` (N, 2) in feature-map coordinates, trusting each
+        neuron by its `clarity` (N,) in [0, 1].
+
+        With the cortical map (use_coordinates), its MLP is fitted to the positions by a clarity-weighted
+        robust (smooth L1) regression: the map is smooth over the cortex, so neurons found unclearly or
+        wrongly are carried by their neighbours. Without it, each position is pulled from the clarity-
+        weighted mean position towards its own estimate by its clarity. Deterministic for a torch seed.
+        """
+        target = torch.as_tensor(np.asarray(positions), dtype=torch.float32).clamp(-0.95, 0.95)
+        weight = torch.as_tensor(np.asarray(clarity), dtype=torch.float32).clamp(0, 1)
+        if target.shape != (self.n_neurons, 2) or weight.shape != (self.n_neurons,):
+            raise InvalidInput(
+                f"positions, clarity: shapes {tuple(target.shape)}, {tuple(weight.shape)}; "
+                f"expected ({self.n_neurons}, 2), ({self.n_neurons},)"
+            )
+        if not (torch.isfinite(target).all() and torch.isfinite(weight).all()):
+            raise InvalidInput("positions, clarity: contain NaN or inf; expected finite values")
+        if float(weight.sum()) <= 0:
+            return  # nothing was found: keep the random start
+        device = self.sigma.device
+        target, weight = target.to(device), weight.to(device)
+        if self.mu_transform is None:
+            mean = (weight[:, None] * target).sum(0) / weight.sum()
+            with torch.no_grad():
+                self._mu.copy_(weight[:, None] * target + (1 - weight[:, None]) * mean)
+            return
+        params = list(self.mu_transform.parameters())
+        # L-BFGS: a few hundred iterations fit this small MLP closer than thousands of Adam steps, in
+        # a tenth of the time (0.4 s vs 3.8 s for 200 neurons on one thread).
+        optimizer = torch.optim.LBFGS(
+            params,
+            lr=1,
+            max_iter=steps,
+            history_size=20,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            error = F.smooth_l1_loss(self.mu_transform(self.source_grid), target, reduction="none", beta=0.05)
+            loss = (weight * error.sum(1)).sum() / weight.sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        for p in params:
+            p.grad = None
+
     @torch.no_grad()
     def initialize_bias(self, mean: Tensor | np.ndarray) -> None:
         """bias = mean response per neuron, as neuralpredictors' Readout.initialize_bias (no link inverse)."""

@@ -106,11 +106,12 @@ def _twin_core(in_channels: int) -> CoreConfig:
 @register("twin")
 def twin() -> ModelConfig:
     """Our SENSORIUM (image-only) model: resnet core fed the image, a centred copy and Sobel gradients, the
-    image downscaled by area averaging (anti-aliased) instead of the baseline's bilinear resize."""
+    image downscaled by area averaging (anti-aliased) instead of the baseline's bilinear resize, readout
+    positions starting at receptive-field centres estimated from the training trials."""
     return ModelConfig(
         name="twin",
         core=_twin_core(4),
-        readout=ReadoutConfig(),
+        readout=ReadoutConfig(position_init="data"),
         input_gradients=True,
         input_centered=True,
         correlation_weight=1.0,
@@ -124,7 +125,7 @@ def twin_behavior() -> ModelConfig:
     return ModelConfig(
         name="twin_behavior",
         core=_twin_core(7),
-        readout=ReadoutConfig(),
+        readout=ReadoutConfig(position_init="data"),
         input_gradients=True,
         input_centered=True,
         behavior_channels=True,
