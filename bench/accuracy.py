@@ -36,7 +36,10 @@ fill the gaps between one process's kernel launches and more buy little. A cell 
 as failed and the others go on.
 
 Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json (or --out), rewritten
-after every finished cell ("complete": false until the last), so a run cut short keeps what it trained.
+after every finished cell ("complete": false until the last), so a run cut short keeps what it trained;
+`--resume` continues such a file: the same settings on the same data (checked: a file of another table
+is refused) keep its finished cells and train only the rest (its earlier runs are listed in the file).
+`--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU).
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def run_ours(
     work: Path,
     pretrain: list[Path] | None = None,
     nproc: int = 1,
+    measure_in_silico: bool = True,
 ) -> dict:
     """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier.
 
@@ -184,7 +188,7 @@ def run_ours(
         "seconds": round(time.perf_counter() - started, 1),
         "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(scores[key])},
         "members": each,
-        "in_silico": in_silico(run, target, key, config.device),
+        "in_silico": in_silico(run, target, key, config.device) if measure_in_silico else None,
     }
 
 
@@ -332,6 +336,9 @@ def _ablations(
         "- pre-training": {t: (c, False) for t, c in full.items()},
         "- correlation loss": {t: (replace(c, correlation_weight=0.0), True) for t, c in full.items()},
         "- dropout": {t: (replace(c, core=replace(c.core, dropout=0.0)), True) for t, c in full.items()},
+        "- receptive-field start (random positions)": {
+            t: (replace(c, readout=replace(c.readout, position_init="random")), True) for t, c in full.items()
+        },
         "- residual core": {
             t: (replace(c, core=replace(c.core, **baseline_core)), True) for t, c in full.items()
         },
@@ -378,6 +385,9 @@ def main() -> None:
         help='changes to the twin models\' core config, e.g. "channels=128,hidden_kernel=5" (after --width)',
     )
     parser.add_argument("--skip-reference", action="store_true", help="leave out the neuralpredictors row")
+    parser.add_argument(
+        "--skip-in-silico", action="store_true", help="leave out the in-silico measurements (scores only)"
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {','.join(ROWS)}")
     parser.add_argument("--tracks", default=",".join(TRACKS), help="tracks to train (default both)")
     parser.add_argument(
@@ -387,6 +397,12 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in processes (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="the result file (default bench/results/...)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cells that an earlier run of the same table on the same data wrote to the result "
+        "file, and train only the missing or failed ones",
+    )
     parser.add_argument(
         "--work",
         type=Path,
@@ -494,8 +510,6 @@ def main() -> None:
         "sensorium": {**roles["image_only"]["ceilings"]["test"]["image_only"]},
         "sensorium+": {**roles["behavior"]["ceilings"]["test"]["with_behavior"]},
     }
-    for track, role in TRACKS.items():
-        table["oracle"][track]["in_silico"] = in_silico(None, target[track], roles[role]["data_key"])
     # (row, track, function, keyword arguments): the reference and the ensembles first (the longest).
     cells: list[tuple[str, str, object, dict]] = []
     if not args.skip_reference:
@@ -515,6 +529,7 @@ def main() -> None:
             kwargs = {"model": model, "paths": paths, "target": target[track]}
             kwargs |= {"members": n, "config": cfg, "work": work / "runs", "pretrain": pre}
             kwargs["nproc"] = n if args.jobs > 1 else 1
+            kwargs["measure_in_silico"] = not args.skip_in_silico
             cells.append((row, track, run_ours, kwargs))
 
     result = {
@@ -546,6 +561,21 @@ def main() -> None:
             + "_".join(sorted(chosen_rows))
         )
     path = args.out or RESULTS / f"accuracy-{tag}-{args.device.split(':')[0]}.json"
+    if args.resume and path.is_file():
+        earlier = json.loads(path.read_text())
+        mismatch = resume_mismatch(earlier, result)
+        if mismatch:
+            parser.error(f"--resume: {path} holds another table ({'; '.join(mismatch)}); use another --out")
+        kept = keep_cells(earlier, table)
+        result["earlier_runs"] = [
+            *earlier.get("earlier_runs", []),
+            {k: earlier.get(k) for k in ("date", "seconds", "jobs", "machine")} | {"cells": kept},
+        ]
+        print(f"resuming {path}: kept {len(kept)} cells ({', '.join(kept) or 'none'})")
+        cells = [c for c in cells if not table[c[0]].get(c[1])]
+    for track, role in TRACKS.items():  # after --resume's checks: they need the oracle's scores, not this
+        if not args.skip_in_silico:
+            table["oracle"][track]["in_silico"] = in_silico(None, target[track], roles[role]["data_key"])
     started = time.perf_counter()
     write_json(path, result)  # the plan and the oracle, before any cell
 
@@ -573,6 +603,43 @@ def main() -> None:
     _print(table)
     write_json(path, result)
     print(f"wrote {path}")
+
+
+# What a resumed table must share with the file it continues: the same settings, rows and tracks.
+_RESUME_SAME = (
+    "preset", "quick", "members", "max_epochs", "width", "twin_core", "batch_size", "amp",
+    "single_from_ensemble", "rows", "tracks",
+)  # fmt: skip
+
+
+def resume_mismatch(earlier: dict, result: dict) -> list[str]:
+    """Why `earlier` (a result file) cannot be continued by the run that will write `result`: its
+    settings, or its data (the oracle row: the simulation's test-tier ceilings); [] if it can be."""
+    if earlier.get("benchmark") != "accuracy":
+        return [f"benchmark {earlier.get('benchmark')!r}, not 'accuracy'"]
+    why = [f"{k} {earlier.get(k)!r} here {result[k]!r}" for k in _RESUME_SAME if earlier.get(k) != result[k]]
+    if str(earlier.get("device", "")).split(":")[0] != result["device"].split(":")[0]:
+        why.append(f"device {earlier.get('device')!r} here {result['device']!r}")
+    before, now = earlier.get("table", {}).get("oracle", {}), result["table"]["oracle"]
+    for track, scores in now.items():
+        old = before.get(track, {})
+        if any(not np.isclose(old.get(k, np.nan), scores[k], rtol=0, atol=1e-6) for k in _scores(scores)):
+            why.append(f"other data: the {track} oracle differs")
+    return why
+
+
+def keep_cells(earlier: dict, table: dict) -> list[str]:
+    """Copy into `table` the finished cells of `earlier`'s table (not failed ones, not the oracle, which
+    is recomputed); returns them as 'row / track'."""
+    kept = []
+    for row, cells in earlier.get("table", {}).items():
+        if row == "oracle" or row not in table:
+            continue
+        for track, cell in cells.items():
+            if cell and "error" not in cell:
+                table[row][track] = cell
+                kept.append(f"{row} / {track}")
+    return kept
 
 
 def _cell(function, kwargs: dict) -> dict:

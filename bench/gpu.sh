@@ -14,6 +14,8 @@
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
 #                    cells finished by then
+#   RESUME=1         the accuracy step continues its result file (bench/accuracy.py --resume: finished
+#                    cells are kept, the rest trained), copied from bench/results/ when RESULTS is elsewhere
 #   MPS=1            run the steps under CUDA MPS (started here, stopped at the end), so that the
 #                    accuracy step's processes share the GPU at once instead of taking turns
 #   ORT_GPU_WHEEL=F  install onnxruntime-gpu from this wheel file instead of the package index (1.31 is
@@ -85,8 +87,15 @@ fi
 # 2. The model table on `small` (both tracks, 5-member ensembles, reference CNN), bf16 autocast; the
 #    single-model row is the ensemble members' own scores, averaged (3 fewer trainings).
 if wants accuracy; then
+    resume=()
+    if [[ ${RESUME:-0} == 1 ]]; then
+        resume=(--resume)
+        if [[ ! -f $RESULTS/accuracy-small-$gpu.json && -f bench/results/accuracy-small-$gpu.json ]]; then
+            cp "bench/results/accuracy-small-$gpu.json" "$RESULTS/"
+        fi
+    fi
     run accuracy "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --single-from-ensemble --data "$data" \
-        --out "$RESULTS/accuracy-small-$gpu.json"
+        --out "$RESULTS/accuracy-small-$gpu.json" "${resume[@]}"
 fi
 # 2b. What each of twin's ingredients buys on `small`: one model per row, each without one ingredient,
 #     beside the full ensemble (whose members' spread is the noise a difference has to exceed).

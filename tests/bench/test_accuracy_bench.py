@@ -71,7 +71,10 @@ def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(
 def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
     work = tmp_path / "work"
-    args = _accuracy(tiny_sim, out, "--rows", "ensemble", "--epochs", "1", "--members", "2")
+    # in silico is measured (and checked) in the cells test above; here it would only cost time
+    args = _accuracy(
+        tiny_sim, out, "--rows", "ensemble", "--epochs", "1", "--members", "2", "--skip-in-silico"
+    )
     args += ["--twin-core", "channels=8,dropout=0.2", "--work", str(work)]
     args[args.index("--tracks") + 1] = "sensorium,sensorium+"
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -96,7 +99,7 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
 @pytest.mark.slow
 def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
-    args = _accuracy(tiny_sim, out, "--rows", "twin", "--ablation", "--epochs", "1")
+    args = _accuracy(tiny_sim, out, "--rows", "twin", "--ablation", "--epochs", "1", "--skip-in-silico")
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = json.loads(out.read_text())["table"]
@@ -105,6 +108,7 @@ def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path)
         "- pre-training",
         "- correlation loss",
         "- dropout",
+        "- receptive-field start (random positions)",
         "- residual core",
         "- extra input channels",
         "- modulator",
@@ -120,6 +124,8 @@ def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path)
         ablations["- modulator"]["pretrained"]["run"] == ablations["- shifter"]["pretrained"]["run"] == full
     )
     assert ablations["- dropout"]["pretrained"]["run"] != full
+    start = "- receptive-field start (random positions)"
+    assert ablations[start]["pretrained"]["run"] != full  # its pre-training starts at random, too
 
 
 def test_presets_that_resize_add_the_resize_row_and_only_it_switches_to_bilinear():
@@ -226,3 +232,41 @@ def test_train_speed_refuses_rounds_that_do_not_divide_the_steps(tmp_path, steps
     )
     assert done.returncode == 2
     assert f"--steps-per-round: {per_round}; expected a divisor of --steps ({steps})" in done.stderr
+
+
+@pytest.mark.slow
+def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(tiny_sim, tmp_path):
+    out = tmp_path / "accuracy.json"
+    args = _accuracy(tiny_sim, out, "--rows", "ln,cnn", "--epochs", "1", "--jobs", "1", "--skip-in-silico")
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # A run cut short after its first cell: the file holds that cell, the other is missing.
+    cut = json.loads(out.read_text())
+    kept, lost = cut["table"]["LN"]["sensorium+"], cut["table"]["CNN (ours)"].pop("sensorium+")
+    cut["complete"] = False
+    out.write_text(json.dumps(cut))
+
+    again = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "kept 1 cells (LN / sensorium+)" in again.stdout
+    result = json.loads(out.read_text())
+    assert result["complete"]
+    assert result["table"]["LN"]["sensorium+"] == kept  # not trained again: its own seconds and all
+    assert "in_silico" not in result["table"]["oracle"]["sensorium+"]  # --skip-in-silico
+    trained = result["table"]["CNN (ours)"]["sensorium+"]
+    assert trained["in_silico"] is None
+    assert trained["epochs"] == [1] and trained["run"] == lost["run"]  # the same training, done again
+    assert trained["single_trial_correlation"] == pytest.approx(lost["single_trial_correlation"], abs=1e-6)
+    (earlier,) = result["earlier_runs"]
+    assert earlier["cells"] == ["LN / sensorium+"] and earlier["seconds"] == cut["seconds"]
+
+    # Other settings: refused before anything trains, naming what differs; the file is left as it was.
+    before = out.read_text()
+    other = [
+        *_accuracy(tiny_sim, out, "--rows", "ln,cnn", "--epochs", "2", "--jobs", "1", "--skip-in-silico")
+    ]
+    other.append("--resume")
+    refused = subprocess.run(other, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "--resume" in refused.stderr and "max_epochs 1 here 2" in refused.stderr
+    assert out.read_text() == before
