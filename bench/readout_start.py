@@ -52,13 +52,8 @@ def _recordings(sim: Path) -> dict[str, dict]:
 
 
 def _pixels(net, key: str, image_shape: tuple[int, int]) -> np.ndarray:
-    """The readout's mean positions as (x, y) input pixels (inverse of Core.feature_position)."""
-    c = net.core.config
-    mu = net.readouts[key].mu().detach().numpy()
-    _, h, w = net.core.output_shape(*image_shape)
-    padding = c.input_kernel // 2 if c.pad_input else 0
-    index = (mu + 1) / 2 * [w - 1, h - 1]
-    return index * c.input_stride - padding + (c.input_kernel - 1) / 2
+    """The readout's mean positions as (x, y) input pixels."""
+    return net.core.pixel_position(net.readouts[key].mu().detach().numpy(), image_shape)
 
 
 def estimates(sim: Path, key: str, width: int) -> dict:

@@ -77,6 +77,7 @@ def test_feature_position_is_where_the_first_conv_sees_the_pixel(core):
     h, w = features.shape
     expected = [col / (w - 1) * 2 - 1, row / (h - 1) * 2 - 1]
     position = net.feature_position(np.array([x, y], dtype=np.float32), (36, 64))
+    np.testing.assert_allclose(net.pixel_position(position, (36, 64)), [x, y], atol=1e-4)  # its inverse
     if k % 2:
         np.testing.assert_allclose(position, expected, atol=1e-6)
     else:  # the impulse sits at kernel index k/2 - 1: half a pixel (1/(2 stride) features) before centre
@@ -149,9 +150,7 @@ def test_a_twin_built_for_training_starts_its_readout_at_the_estimated_centres(r
     torch.manual_seed(0)
     net = build(config, shapes)
     mu = net.readouts["90001-1-1"].mu().detach().numpy()  # feature-map coordinates
-    _, h, w = net.core.output_shape(*config.image_shape)
-    offset = (config.core.input_kernel - 1) / 2  # unpadded first conv: feature 0 sees pixel 4
-    pixels = (mu + 1) / 2 * [w - 1, h - 1] + offset
+    pixels = net.core.pixel_position(mu, config.image_shape)
     # The map of cortical coordinates through the estimates: retinotopy, without the neurons' own
     # scatter around it (1.5 px per axis in the simulation), so near the truth for most neurons...
     error = np.linalg.norm(pixels - truth, axis=1)
@@ -159,5 +158,5 @@ def test_a_twin_built_for_training_starts_its_readout_at_the_estimated_centres(r
     assert np.median(error) < 2.5 and np.percentile(error, 90) < 5.0
     # ... and far nearer than the random start.
     random = build(replace(config, readout=replace(config.readout, position_init="random")), shapes)
-    off = (random.readouts["90001-1-1"].mu().detach().numpy() + 1) / 2 * [w - 1, h - 1] + offset
+    off = random.core.pixel_position(random.readouts["90001-1-1"].mu().detach().numpy(), config.image_shape)
     assert np.median(np.linalg.norm(off - truth, axis=1)) > 5.0

@@ -148,6 +148,14 @@ class Core(nn.Module):
         size = np.array([out_w, out_h], dtype=np.float64)
         return np.where(size > 1, index / np.maximum(size - 1, 1) * 2 - 1, 0.0).astype(np.float32)
 
+    def pixel_position(self, positions: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """The inverse of feature_position: feature-map coordinates (..., 2) in [-1, 1] -> input (x, y)."""
+        c = self.config
+        padding = c.input_kernel // 2 if c.pad_input else 0
+        _, out_h, out_w = self.output_shape(*image_shape)
+        index = (np.asarray(positions, dtype=np.float64) + 1) / 2 * np.array([out_w - 1, out_h - 1])
+        return index * c.input_stride - padding + (c.input_kernel - 1) / 2
+
     def forward(self, images: Tensor) -> Tensor:
         features = self.input_layer(images)  # (B, C, H', W')
         if self.config.kind == "resnet":
