@@ -24,7 +24,7 @@ from training.data import RecordingTensors
 from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import ModelConfig, RecordingShape, build, get_config
 from training.rf_centers import estimate_centers
-from training.trainer import BEST, TrainConfig, predict, train
+from training.trainer import BEST, TrainConfig, check_device, predict, train
 from twin import metrics
 from twin.atomic import write_json
 from twin.data import load_recording, responses_with_held_out
@@ -108,16 +108,19 @@ def member_data(data: dict[str, RecordingTensors], member: int, members: int, se
 
 
 def _shapes(
-    data: dict[str, RecordingTensors], model_config: ModelConfig, device: str = "cpu"
+    data: dict[str, RecordingTensors],
+    model_config: ModelConfig,
+    device: str = "cpu",
+    pretrained: frozenset[str] = frozenset(),
 ) -> dict[str, RecordingShape]:
     """What the model's readouts are built from: each recording's neurons, from its training trials
     (those of the member: its own early-stopping split is left out); the estimates are computed on
-    `device`."""
+    `device`, except for the `pretrained` keys, whose readouts will be loaded from a pretrained run."""
     out = {}
     for key, d in data.items():
         train = d.indices("train")
         centers = clarity = None
-        if model_config.readout.position_init == "data":
+        if model_config.readout.position_init == "data" and key not in pretrained:
             centers, clarity = estimate_centers(d.images[train], d.responses[train], device)
         out[key] = RecordingShape(
             n_neurons=d.n_neurons,
@@ -219,6 +222,7 @@ def train_run(
         raise InvalidInput(f"members: {members}; expected >= 1")
     model_config = resolve_model(model)
     config = (config or TrainConfig()).for_model(model_config)  # run.json states the loss used
+    check_device(config.device)
     run = Path(out)
     data = load_tensors(paths, resize=model_config.input_resize)
     _check_track(model_config, data)
@@ -239,13 +243,27 @@ def train_run(
         write_json(run / "run.json", description)
     for i in range(rank, members, world):
         own = member_data(data, i, members, config.seed)
-        torch.manual_seed(config.seed + i)
-        net = build(model_config, _shapes(own, model_config, config.device))
         folder = run / "members" / f"member-{i}"
-        start = None
-        if init_from is not None:
+        start, kept = None, frozenset[str]()
+        if init_from is None:
+            torch.manual_seed(config.seed + i)
+            net = build(model_config, _shapes(own, model_config, config.device))
+        else:
             weights, source = pretrained_weights(init_from, i)
-            start = {"init_from": str(init_from), "member": source, **initialize_from(net, weights)}
+            # Readouts the pretrained run has for these data keys are loaded, not started from estimates;
+            # if one does not fit after all (other neurons), the model is built again with every estimate.
+            known = frozenset(k for k in own if any(name.startswith(f"readouts.{k}.") for name in weights))
+            for pretrained in (known, frozenset[str]()):
+                torch.manual_seed(config.seed + i)
+                net = build(model_config, _shapes(own, model_config, config.device, pretrained))
+                loaded = initialize_from(net, weights)
+                kept = frozenset(
+                    k for k in own if not any(n.startswith(f"readouts.{k}.") for n in loaded["fresh"])
+                )
+                if pretrained <= kept:
+                    break
+            start = {"init_from": str(init_from), "member": source, **loaded}
+        position_start = "estimated" if model_config.readout.position_init == "data" else "random"
         net = net.to(config.device)
         outcome = train(
             net,
@@ -262,13 +280,16 @@ def train_run(
                 "epochs": outcome.epochs,
                 "early_stopping_correlation": outcome.best_validation_correlation,
                 "start": start,
+                # where each readout's positions started: loaded from the pretrained run, at receptive-field
+                # centres estimated from this member's training trials, or at random
+                "readout_start": {k: "pretrained" if k in kept else position_start for k in own},
             },
         )
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
         return {}
-    summary = _select_and_score(run, paths, data, members)
+    summary = _select_and_score(run, paths, data, members, config.device)
     write_json(run / "metrics.json", summary)
     return summary
 
@@ -322,9 +343,12 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _select_and_score(run: Path, paths, data: dict[str, RecordingTensors], members: int) -> dict:
-    """Validation metrics of every member, greedy selection, then test metrics where responses exist."""
-    description, nets = load_members(run)
+def _select_and_score(
+    run: Path, paths, data: dict[str, RecordingTensors], members: int, device: str = "cpu"
+) -> dict:
+    """Validation metrics of every member, greedy selection, then test metrics where responses exist;
+    the members predict on `device` (the one they trained on)."""
+    description, nets = load_members(run, device)
     tier = "validation"  # the recordings' own validation trials: never trained on by any ensemble member
     responses = {k: d.responses[d.indices(tier)].numpy() for k, d in data.items()}
     predictions = [{k: predict(net, d, d.indices(tier)) for k, d in data.items()} for net in nets]
@@ -396,14 +420,18 @@ def load_members(
 
 
 def evaluate(
-    run_dir: str | os.PathLike[str], paths: list[str | os.PathLike[str]], tier: str = "test"
+    run_dir: str | os.PathLike[str],
+    paths: list[str | os.PathLike[str]],
+    tier: str = "test",
+    device: str = "cpu",
 ) -> dict[str, dict]:
     """SENSORIUM metrics of the run's ensemble (mean of the selected members) on `tier` of each recording.
 
     Uses the held-out responses (found beside the recording) where the recording ships them zeroed. The
-    ensemble's spread (std across members) is reported as its mean per-neuron uncertainty.
+    ensemble's spread (std across members) is reported as its mean per-neuron uncertainty. The members
+    predict on `device`.
     """
-    description, nets = load_members(run_dir, selected_only=True)
+    description, nets = load_members(run_dir, check_device(device), selected_only=True)
     data = load_tensors(
         paths, with_held_out=True, resize=ModelConfig.from_dict(description["model"]).input_resize
     )

@@ -78,6 +78,23 @@ class TrainConfig:
         return replace(self, correlation_weight=float(getattr(model_config, "correlation_weight", 0.0)))
 
 
+def check_device(device: str) -> str:
+    """`device` if torch can compute there, else InvalidInput naming it (before any work starts)."""
+    if not isinstance(device, str) or not device.startswith(("cpu", "cuda")):
+        raise InvalidInput(f"device: {device!r}; expected cpu, cuda or cuda:<index>")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InvalidInput(f"device: {device!r}; expected cpu, cuda or cuda:<index>") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInput(f"device: {device!r}, but no CUDA device is visible to torch; expected cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidInput(f"device: {device!r}; expected cuda:0 to cuda:{count - 1} ({count} visible)")
+    return device
+
+
 @dataclass
 class TrainResult:
     best_epoch: int
@@ -125,13 +142,15 @@ def _loss(
 def predict(
     model: torch.nn.Module, data: RecordingTensors, idx: np.ndarray, batch_size: int = 512
 ) -> np.ndarray:
-    """Model responses (len(idx), N) in standardized units, eval mode."""
+    """Model responses (len(idx), N) in standardized units, eval mode, computed on the model's device
+    (batches of data held elsewhere are copied there)."""
     was_training = model.training
     model.eval()
-    out = [
-        _forward(model, data.data_key, data.batch(idx[s : s + batch_size])).float().cpu().numpy()
-        for s in range(0, len(idx), batch_size)
-    ]
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(idx), batch_size):
+        batch = {k: v.to(device) for k, v in data.batch(idx[s : s + batch_size]).items()}
+        out.append(_forward(model, data.data_key, batch).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out)
 

@@ -358,14 +358,15 @@ def _score_table(results: dict[str, dict], tier: str) -> str:
     show_default=True,
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(run_dir: Path, data, tier: str, as_json: bool) -> None:
+@click.option("--device", default="cpu", show_default=True, help="Where the members predict: cpu, cuda, ...")
+def evaluate(run_dir: Path, data, tier: str, as_json: bool, device: str) -> None:
     """Score a trained run on a tier: single-trial correlation, correlation to average, FEVE.
 
     Held-out responses are read from <parent>/held_out/<data key> when the recording ships them zeroed.
     """
     from training.run import evaluate as run_evaluate
 
-    results = run_evaluate(run_dir, _expand(data), tier)
+    results = run_evaluate(run_dir, _expand(data), tier, device)
     if as_json:
         click.echo(json.dumps(results, indent=1))
         return

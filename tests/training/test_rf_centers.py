@@ -160,3 +160,37 @@ def test_a_twin_built_for_training_starts_its_readout_at_the_estimated_centres(r
     random = build(replace(config, readout=replace(config.readout, position_init="random")), shapes)
     off = random.core.pixel_position(random.readouts["90001-1-1"].mu().detach().numpy(), config.image_shape)
     assert np.median(np.linalg.norm(off - truth, axis=1)) > 5.0
+
+
+def test_fine_tuning_loads_pretrained_readouts_and_estimates_the_others(tiny_paths, tmp_path):
+    import json
+
+    from training.run import train_run
+    from training.trainer import BEST, TrainConfig
+
+    config = get_config("twin")
+    config = replace(config, core=replace(config.core, channels=4, layers=2))
+    train = TrainConfig(max_epochs=1, batch_size=64, seed=0)
+    paths = [tiny_paths["90001-1-1"], tiny_paths["90002-1-1"]]
+    pretrained = tmp_path / "pretrained"
+    train_run(paths[:1], config, pretrained, config=train, progress=False)
+
+    def started(run):
+        return json.loads((run / "members" / "member-0" / "training.json").read_text())["readout_start"]
+
+    assert started(pretrained) == {"90001-1-1": "estimated"}
+    train_run(paths, config, tmp_path / "fine", config=train, progress=False, init_from=pretrained)
+    assert started(tmp_path / "fine") == {"90001-1-1": "pretrained", "90002-1-1": "estimated"}
+
+    # The same data key with other neurons in the pretrained weights: its readout cannot be loaded, so it
+    # starts from the estimates after all.
+    best = pretrained / "members" / "member-0" / BEST
+    saved = torch.load(best, weights_only=False)
+    for name, tensor in saved["model"].items():
+        if name.startswith("readouts.90001-1-1."):
+            saved["model"][name] = torch.zeros((*tensor.shape, 2))
+    torch.save(saved, best)
+    train_run(paths[:1], config, tmp_path / "other", config=train, progress=False, init_from=pretrained)
+    assert started(tmp_path / "other") == {"90001-1-1": "estimated"}
+    start = json.loads((tmp_path / "other" / "members" / "member-0" / "training.json").read_text())["start"]
+    assert any(name.startswith("readouts.90001-1-1.") for name in start["fresh"])

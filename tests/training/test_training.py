@@ -127,6 +127,32 @@ def test_twin_evaluate_prints_the_three_metrics(trained, tiny_paths):
     assert json.loads(as_json.output)["90002-1-1"] == pytest.approx(scores)
     refused = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--tier", "train2"])
     assert refused.exit_code != 0 and "tier" in refused.output
+    on_cpu = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--json", "--device", "cpu"])
+    assert on_cpu.exit_code == 0 and json.loads(on_cpu.output)["90002-1-1"] == pytest.approx(scores)
+    for device in ("tpu", "cuda:x"):
+        refused = CliRunner().invoke(cli, ["evaluate", str(trained), "--data", data, "--device", device])
+        assert refused.exit_code == 2, refused.output
+        assert f"device: {device!r}; expected cpu, cuda or cuda:<index>" in refused.output
+
+
+def test_a_device_torch_cannot_use_is_refused_by_name():
+    import torch
+
+    from training.trainer import check_device
+
+    assert check_device("cpu") == "cpu"
+    for device in ("tpu", "cuda:", "cuda:-1", "gpu"):
+        with pytest.raises(InvalidInput, match=r"expected cpu, cuda or cuda:<index>"):
+            check_device(device)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        for device in ("cuda", "cuda:0"):
+            with pytest.raises(InvalidInput, match="no CUDA device is visible to torch; expected cpu"):
+                check_device(device)
+    else:
+        assert check_device("cuda:0") == "cuda:0"
+        with pytest.raises(InvalidInput, match=f"expected cuda:0 to cuda:{count - 1}"):
+            check_device(f"cuda:{count}")
 
 
 def test_a_killed_training_run_resumes_where_it_stopped(tiny_paths, small_cnn, tmp_path):
