@@ -16,7 +16,8 @@ preset has more than one (the winners' recipe). The pre-trained model is the ima
 the row's model (every recording can train it, also one whose behaviour is zeroed), so both tracks
 fine-tune from one pre-training run, trained once: `twin_behavior` starts from `twin`'s core with its
 behaviour channels' weights at zero (training.run.initialize_from). `--ablation` adds rows that switch
-off one ingredient of `twin` / `twin_behavior` at a time (single models).
+off one ingredient of `twin` / `twin_behavior` at a time (single models); `--ablation rf_start,dropout`
+adds some of them (names: ABLATIONS).
 `--single-from-ensemble` fills the `twin (1 model)` row with the ensemble members' own test scores,
 averaged, instead of training one more model per track (each member trains on the train tier less its
 early-stopping split, so the row slightly understates a model trained alone).
@@ -71,8 +72,8 @@ from simulate import device_info, machine, positive_or
 from training.data import MODEL_IMAGE_SIZE
 from training.distributed import launch
 from training.models import CoreConfig, ModelConfig, get_config
-from training.run import evaluate, load_tensors, train_run
-from training.trainer import TrainConfig
+from training.run import load_tensors, train_run
+from training.trainer import LOG, TrainConfig
 from twin import metrics
 from twin.atomic import write_json
 from twin.data import load_recording, simulate
@@ -87,6 +88,19 @@ ROWS = {
     "twin": "twin (1 model)",
     "ensemble": "twin ensemble",
     "reference": "CNN (reference)",
+}
+
+# --ablation names -> the rows they add: `twin` / `twin_behavior` without that one ingredient
+ABLATIONS = {
+    "pretraining": "- pre-training",
+    "correlation_loss": "- correlation loss",
+    "dropout": "- dropout",
+    "rf_start": "- receptive-field start (random positions)",
+    "residual_core": "- residual core",
+    "input_channels": "- extra input channels",
+    "resize": "- anti-aliased resize (the baseline's bilinear)",
+    "modulator": "- modulator",
+    "shifter": "- shifter",
 }
 
 
@@ -167,29 +181,41 @@ def run_ours(
     init_from, pretraining = None, None
     if pretrain:
         init_from, reused = trained_once(image_only(model), pretrain, members, config, work, nproc)
-        pretraining = {"run": init_from.name, "reused": reused}
+        pretraining = {"run": init_from.name, "reused": reused, **_members_training(init_from)}
     pretraining_seconds = round(time.perf_counter() - started, 1)
     run, reused = trained_once(model, paths, members, config, work, nproc, init_from)
-    scores = evaluate(run, [target], "test")
-    key = next(iter(scores))  # the target's data key
-    trained = [json.loads(f.read_text()) for f in sorted((run / "members").glob("member-*/training.json"))]
-    # Each member's own test scores (metrics.json): their spread (seeds and early-stopping splits) is the
-    # noise a row difference has to exceed; their mean, what one of these models scores alone.
-    own = json.loads((run / "metrics.json").read_text())["test"][key]["members"]
-    each = {name: _scores(m) for name, m in own.items()}
+    recordings = json.loads((run / "run.json").read_text())["recordings"]
+    key = next(k for k, p in recordings.items() if Path(p).resolve() == target.resolve())
+    # The run's own test scores (metrics.json, scored on the training device when it finished): the
+    # ensemble's (what `twin evaluate` prints), and each member's: their spread (seeds and early-stopping
+    # splits) is the noise a row difference has to exceed; their mean, what one model scores alone.
+    test = json.loads((run / "metrics.json").read_text())["test"][key]
+    each = {name: _scores(m) for name, m in test["members"].items()}
     return {
-        **_scores(scores[key]),
-        "epochs": [t["epochs"] for t in trained],
+        **_scores(test["ensemble"]),
+        **_members_training(run),
         "pretrained_on": len(pretrain or []),
         "pretrained": pretraining,
         "run": {"name": run.name, "reused": reused},
         # pre-training (or waiting for another cell's); then all: fine-tuning (or waiting) and scoring
         "pretraining_seconds": pretraining_seconds,
         "seconds": round(time.perf_counter() - started, 1),
-        "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(scores[key])},
+        "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(test["ensemble"])},
         "members": each,
         "in_silico": in_silico(run, target, key, config.device) if measure_in_silico else None,
     }
+
+
+def _members_training(run: Path) -> dict[str, list]:
+    """Each member's epochs and median seconds per epoch (its log), in member order: what a cell's time
+    went to (an epoch's seconds include its validation and checkpoint)."""
+    folders = sorted((run / "members").glob("member-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
+    epochs, seconds = [], []
+    for folder in folders:
+        epochs.append(json.loads((folder / "training.json").read_text())["epochs"])
+        lines = (folder / LOG).read_text().splitlines()
+        seconds.append(round(float(np.median([json.loads(line)["seconds"] for line in lines])), 3))
+    return {"epochs": epochs, "epoch_seconds": seconds}
 
 
 MEI_NEURONS, MEI_STEPS = 32, 100  # the in-silico MEI check: the recording's first 32 neurons
@@ -333,16 +359,20 @@ def _ablations(
     }
     baseline_core = {"kind": "cnn", "hidden_kernel": 7, "depthwise": True, "dropout": 0.0, "residual": False}
     rows: dict[str, dict[str, tuple[ModelConfig, bool]]] = {
-        "- pre-training": {t: (c, False) for t, c in full.items()},
-        "- correlation loss": {t: (replace(c, correlation_weight=0.0), True) for t, c in full.items()},
-        "- dropout": {t: (replace(c, core=replace(c.core, dropout=0.0)), True) for t, c in full.items()},
-        "- receptive-field start (random positions)": {
+        ABLATIONS["pretraining"]: {t: (c, False) for t, c in full.items()},
+        ABLATIONS["correlation_loss"]: {
+            t: (replace(c, correlation_weight=0.0), True) for t, c in full.items()
+        },
+        ABLATIONS["dropout"]: {
+            t: (replace(c, core=replace(c.core, dropout=0.0)), True) for t, c in full.items()
+        },
+        ABLATIONS["rf_start"]: {
             t: (replace(c, readout=replace(c.readout, position_init="random")), True) for t, c in full.items()
         },
-        "- residual core": {
+        ABLATIONS["residual_core"]: {
             t: (replace(c, core=replace(c.core, **baseline_core)), True) for t, c in full.items()
         },
-        "- extra input channels": {
+        ABLATIONS["input_channels"]: {
             t: (
                 replace(
                     c,
@@ -356,12 +386,10 @@ def _ablations(
         },
     }
     if resized:
-        rows["- anti-aliased resize (the baseline's bilinear)"] = {
-            t: (replace(c, input_resize="bilinear"), True) for t, c in full.items()
-        }
+        rows[ABLATIONS["resize"]] = {t: (replace(c, input_resize="bilinear"), True) for t, c in full.items()}
     behavior = full["sensorium+"]
-    rows["- modulator"] = {"sensorium+": (replace(behavior, modulator=False), True)}
-    rows["- shifter"] = {"sensorium+": (replace(behavior, shifter=False), True)}
+    rows[ABLATIONS["modulator"]] = {"sensorium+": (replace(behavior, modulator=False), True)}
+    rows[ABLATIONS["shifter"]] = {"sensorium+": (replace(behavior, shifter=False), True)}
     return rows
 
 
@@ -378,7 +406,13 @@ def main() -> None:
         "--width", type=int, default=None, help="core channels of every model (16 with --quick)"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default 128; 32 with --quick")
-    parser.add_argument("--ablation", action="store_true", help="add rows without one twin ingredient each")
+    parser.add_argument(
+        "--ablation",
+        nargs="?",
+        const="all",
+        default=None,
+        help=f"add rows without one twin ingredient each: all, or some of {','.join(ABLATIONS)}",
+    )
     parser.add_argument(
         "--twin-core",
         default="",
@@ -416,6 +450,12 @@ def main() -> None:
     epochs = positive_or(parser, "--epochs", args.epochs, 40 if args.quick else 200)
     width = positive_or(parser, "--width", args.width, 16 if args.quick else None)
     batch_size = positive_or(parser, "--batch-size", args.batch_size, 32 if args.quick else 128)
+    ablations = []
+    if args.ablation is not None:
+        ablations = list(ABLATIONS) if args.ablation == "all" else args.ablation.split(",")
+        unknown = [name for name in ablations if name not in ABLATIONS]
+        if unknown:
+            parser.error(f"--ablation: unknown {unknown}; expected all or some of {list(ABLATIONS)}")
     try:
         twin_core = core_changes(args.twin_core)
         model_config("twin_behavior", width, core=twin_core)  # refused here, not in a cell
@@ -477,9 +517,16 @@ def main() -> None:
                 pretrain,
             ),
         }
-    if args.ablation:
+    if ablations:
         sizes = {load_recording(p, progress=False).image_shape for p in target.values()}
-        for row, tracks in _ablations(width, twin_core, sizes != {MODEL_IMAGE_SIZE}).items():
+        rows_without = _ablations(width, twin_core, sizes != {MODEL_IMAGE_SIZE})
+        if ABLATIONS["resize"] not in rows_without and "resize" in ablations:
+            if args.ablation != "all":
+                parser.error("--ablation: resize: the recordings are at the models' resolution; none to undo")
+            ablations.remove("resize")
+        for row, tracks in rows_without.items():
+            if row not in {ABLATIONS[name] for name in ablations}:
+                continue
             plan[row] = {
                 track: (
                     model,
@@ -546,6 +593,7 @@ def main() -> None:
         "jobs": args.jobs,
         "single_from_ensemble": derived,
         "rows": sorted(chosen_rows),
+        "ablations": ablations,
         "tracks": sorted(tracks),
         "machine": {**machine(), **device_info(args.device)},
         "date": time.strftime("%Y-%m-%d"),

@@ -14,6 +14,7 @@
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
 #                    cells finished by then
+#   ABLATIONS=a,b    the ablation step's rows (bench/accuracy.py --ablation names; default all)
 #   RESUME=1         the accuracy step continues its result file (bench/accuracy.py --resume: finished
 #                    cells are kept, the rest trained), copied from bench/results/ when RESULTS is elsewhere
 #   MPS=1            run the steps under CUDA MPS (started here, stopped at the end), so that the
@@ -38,6 +39,9 @@ if [[ ${INSTALL:-1} != 0 ]]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
 gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
+# The GPU's utilization and memory every 5 s while the steps run: whether a step kept the GPU busy.
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$LOGS/gpu-utilization.csv" &
+sampler=$!
 
 status=0
 run() {  # run NAME COMMAND...: log to $LOGS/NAME.log, stop it after LIMIT_<NAME> s, remember a failure, go on
@@ -59,6 +63,7 @@ scratch=$(mktemp -d)
 data=$scratch/small
 mps=0
 cleanup() {
+    kill "$sampler" 2> /dev/null
     if [[ $mps == 1 ]]; then echo quit | nvidia-cuda-mps-control; fi
     rm -rf "$scratch"
 }
@@ -100,8 +105,9 @@ fi
 # 2b. What each of twin's ingredients buys on `small`: one model per row, each without one ingredient,
 #     beside the full ensemble (whose members' spread is the noise a difference has to exceed).
 if wants ablation; then
-    run ablation "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --rows twin,ensemble --ablation \
-        --single-from-ensemble --data "$data" --out "$RESULTS/accuracy-small-ablation-$gpu.json"
+    run ablation "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --rows twin,ensemble \
+        --ablation "${ABLATIONS:-all}" --single-from-ensemble --data "$data" \
+        --out "$RESULTS/accuracy-small-ablation-$gpu.json"
 fi
 # 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
 if wants serving; then

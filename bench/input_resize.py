@@ -97,7 +97,7 @@ def train_one(sim: Path, mode: str, seed: int, width: int, epochs: int, work: Pa
     import torch
 
     from training.models import get_config
-    from training.run import evaluate, train_run
+    from training.run import train_run
     from training.torch_twin import TorchTwin
     from training.trainer import TrainConfig
 
@@ -107,9 +107,9 @@ def train_one(sim: Path, mode: str, seed: int, width: int, epochs: int, work: Pa
     model = replace(base, name=f"twin-{mode}", core=replace(base.core, channels=width), input_resize=mode)
     run = work / f"{mode}-{seed}"
     started = time.perf_counter()
-    train_run(paths, model, run, config=TrainConfig(max_epochs=epochs, seed=seed), progress=False)
+    summary = train_run(paths, model, run, config=TrainConfig(max_epochs=epochs, seed=seed), progress=False)
     out: dict = {"mode": mode, "seed": seed, "seconds": round(time.perf_counter() - started, 1)}
-    scores = evaluate(run, paths, "test")
+    scores = {key: test["ensemble"] for key, test in summary["test"].items()}  # as `twin evaluate` scores
     for path in paths:
         recording = load_recording(path, progress=False)
         key = recording.data_key

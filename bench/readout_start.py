@@ -112,7 +112,7 @@ def train_one(sim: Path, key: str, start: str, seed: int, width: int, epochs: in
     import torch
 
     from training.models import get_config
-    from training.run import evaluate, train_run
+    from training.run import train_run
     from training.trainer import TrainConfig
 
     torch.set_num_threads(1)
@@ -124,8 +124,7 @@ def train_one(sim: Path, key: str, start: str, seed: int, width: int, epochs: in
     run = work / f"{start}-{seed}"
     started = time.perf_counter()
     config = TrainConfig(max_epochs=epochs, batch_size=32, seed=seed)
-    train_run([path], model, run, config=config, progress=False)
-    scores = evaluate(run, [path], "test")[key]
+    scores = train_run([path], model, run, config=config, progress=False)["test"][key]["ensemble"]
     trained = json.loads((run / "members" / "member-0" / "training.json").read_text())
     return {
         "start": start,

@@ -34,7 +34,9 @@ def _accuracy(data: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
+    # 4 channels, 1 epoch: the plumbing, not the figures
     args = _accuracy(tiny_sim, out, "--rows", "cnn,twin,ensemble", "--epochs", "1", "--members", "2")
+    args += ["--width", "4"]
     done = subprocess.run(
         [*args, "--single-from-ensemble"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
@@ -77,6 +79,8 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
     )
     args += ["--twin-core", "channels=8,dropout=0.2", "--work", str(work)]
     args[args.index("--tracks") + 1] = "sensorium,sensorium+"
+    # one process: the cells one after the other (cells in processes and torchrun: the tests above and below)
+    args[args.index("--jobs") + 1] = "1"
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     cells = json.loads(out.read_text())["table"]["twin ensemble (2)"]
@@ -85,6 +89,18 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
     assert pretrained[0]["run"] == pretrained[1]["run"] and pretrained[0]["run"].startswith("twin-2-")
     assert sorted(p["reused"] for p in pretrained) == [False, True]  # trained by one cell, waited for by one
     assert all(cells[track]["pretrained_on"] == 2 for track in cells)
+    # where each training's time went: every member's epochs and median seconds per epoch
+    for training in (pretrained[0], cells["sensorium"], cells["sensorium+"]):
+        assert training["epochs"] == [1, 1] and len(training["epoch_seconds"]) == 2
+        assert all(0 < s < 300 for s in training["epoch_seconds"])
+    # a cell's scores are its ensemble's, as `twin evaluate` scores the run
+    from training.run import evaluate
+
+    for track, key in (("sensorium", "90001-1-1"), ("sensorium+", "90002-1-1")):
+        target = next(tiny_sim.glob(f"static{key}-*"))
+        scores = evaluate(work / "runs" / cells[track]["run"]["name"], [target], "test")[key]
+        for metric in ("single_trial_correlation", "correlation_to_average", "feve"):
+            assert cells[track][metric] == pytest.approx(scores[metric], abs=1e-6)
     # --work keeps the runs; --twin-core reached every twin model (quick width 16 -> 8 channels)
     runs = sorted((work / "runs").glob("twin*/run.json"))
     assert len(runs) == 3  # the pre-training and one fine-tuning per track
@@ -98,22 +114,19 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
 
 @pytest.mark.slow
 def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path):
+    # Four of the rows, one of each kind: trained without pre-training, with a pre-training of its own,
+    # and two sharing the full model's. Every row's config: the test below.
     out = tmp_path / "accuracy.json"
-    args = _accuracy(tiny_sim, out, "--rows", "twin", "--ablation", "--epochs", "1", "--skip-in-silico")
+    args = _accuracy(tiny_sim, out, "--rows", "twin", "--epochs", "1", "--skip-in-silico")
+    args += ["--ablation", "pretraining,rf_start,modulator,shifter", "--width", "4"]  # plumbing, not figures
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    table = json.loads(out.read_text())["table"]
+    result = json.loads(out.read_text())
+    assert result["ablations"] == ["pretraining", "rf_start", "modulator", "shifter"]
+    table = result["table"]
     ablations = {row: cells["sensorium+"] for row, cells in table.items() if row.startswith("- ")}
-    assert set(ablations) == {
-        "- pre-training",
-        "- correlation loss",
-        "- dropout",
-        "- receptive-field start (random positions)",
-        "- residual core",
-        "- extra input channels",
-        "- modulator",
-        "- shifter",
-    }
+    start = "- receptive-field start (random positions)"
+    assert set(ablations) == {"- pre-training", start, "- modulator", "- shifter"}
     assert not [row for row, cell in ablations.items() if "error" in cell]
     # without pre-training: trained on the behaviour recording alone (the image-only one has none)
     assert ablations["- pre-training"]["pretrained_on"] == 0
@@ -123,9 +136,53 @@ def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path)
     assert (
         ablations["- modulator"]["pretrained"]["run"] == ablations["- shifter"]["pretrained"]["run"] == full
     )
-    assert ablations["- dropout"]["pretrained"]["run"] != full
-    start = "- receptive-field start (random positions)"
     assert ablations[start]["pretrained"]["run"] != full  # its pre-training starts at random, too
+
+
+def test_each_ablation_row_is_the_full_model_without_its_one_ingredient():
+    import torch
+
+    from training.models import RecordingShape, build
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from accuracy import ABLATIONS, _ablations, model_config
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    rows = _ablations(4, {}, resized=True)
+    assert set(rows) == set(ABLATIONS.values())
+    names = {"sensorium": "twin", "sensorium+": "twin_behavior"}
+    full = {track: model_config(name, 4, core={}) for track, name in names.items()}
+    # what each row changes, put back: the full model again
+    restore = {
+        "pretraining": lambda c: c,
+        "correlation_loss": lambda c: replace(c, correlation_weight=1.0),
+        "dropout": lambda c: replace(c, core=replace(c.core, dropout=0.1)),
+        "rf_start": lambda c: replace(c, readout=replace(c.readout, position_init="data")),
+        "residual_core": lambda c: replace(c, core=full_core),
+        "input_channels": lambda c: replace(
+            c, input_gradients=True, input_centered=True, core=replace(c.core, in_channels=full_in)
+        ),
+        "resize": lambda c: replace(c, input_resize="area"),
+        "modulator": lambda c: replace(c, modulator=True),
+        "shifter": lambda c: replace(c, shifter=True),
+    }
+    shape = RecordingShape(n_neurons=3, coordinates=np.random.default_rng(0).normal(size=(3, 3)))
+    for name, row in ABLATIONS.items():
+        tracks = rows[row]
+        assert set(tracks) == ({"sensorium+"} if name in ("modulator", "shifter") else set(names))
+        for track, (model, pretrained) in tracks.items():
+            assert pretrained == (name != "pretraining"), name
+            full_core, full_in = full[track].core, full[track].core.in_channels
+            assert (model == full[track]) == (name == "pretraining"), name
+            assert restore[name](model) == full[track], name
+            # each builds, and its loss differentiates back to every parameter
+            net = build(model, {"k": shape})
+            batch = torch.rand(2, 1, *model.image_shape)
+            behavior = torch.zeros(2, 3) if model.behavior_channels or model.modulator else None
+            pupil = torch.zeros(2, 2) if model.shifter else None
+            net(batch, "k", behavior=behavior, pupil_center=pupil).sum().backward()
+            assert all(p.grad is not None for p in net.parameters() if p.requires_grad), name
 
 
 def test_presets_that_resize_add_the_resize_row_and_only_it_switches_to_bilinear():
@@ -200,6 +257,7 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
             "--tracks: unknown ['sensorium++']; expected some of ['sensorium', 'sensorium+']",
         ),
         ("--jobs", "0", "--jobs: 0; expected >= 1"),
+        ("--ablation", "dropout,shift", "--ablation: unknown ['shift']; expected all or some of ['pretrain"),
         ("--members", "0", "--members: 0; expected >= 1"),
         ("--epochs", "0", "--epochs: 0; expected >= 1"),
         ("--batch-size", "0", "--batch-size: 0; expected >= 1"),
@@ -238,6 +296,7 @@ def test_train_speed_refuses_rounds_that_do_not_divide_the_steps(tmp_path, steps
 def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
     args = _accuracy(tiny_sim, out, "--rows", "ln,cnn", "--epochs", "1", "--jobs", "1", "--skip-in-silico")
+    args += ["--width", "4"]
     first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     # A run cut short after its first cell: the file holds that cell, the other is missing.
@@ -265,6 +324,7 @@ def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(t
     other = [
         *_accuracy(tiny_sim, out, "--rows", "ln,cnn", "--epochs", "2", "--jobs", "1", "--skip-in-silico")
     ]
+    other += ["--width", "4"]
     other.append("--resume")
     refused = subprocess.run(other, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2

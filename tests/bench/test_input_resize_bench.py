@@ -45,7 +45,7 @@ def test_area_resize_keeps_what_the_neurons_see_and_bilinear_loses_some(fine_det
 @pytest.mark.slow
 def test_the_training_mode_trains_a_twin_per_resize_and_scores_it(tmp_path):
     out = tmp_path / "train.json"
-    args = ["--train", "--seeds", "0", "--width", "8", "--epochs", "1", "--out", str(out)]
+    args = ["--train", "--seeds", "0", "--width", "4", "--epochs", "1", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "input_resize.py"), *args],
         cwd=tmp_path,
