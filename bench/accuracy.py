@@ -524,8 +524,9 @@ def main() -> None:
             if args.ablation != "all":
                 parser.error("--ablation: resize: the recordings are at the models' resolution; none to undo")
             ablations.remove("resize")
+        wanted = {ABLATIONS[name] for name in ablations}
         for row, tracks in rows_without.items():
-            if row not in {ABLATIONS[name] for name in ablations}:
+            if row not in wanted:
                 continue
             plan[row] = {
                 track: (

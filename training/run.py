@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -130,6 +131,12 @@ def _shapes(
             rf_clarity=clarity,
         )
     return out
+
+
+def _with_readout(keys: Iterable[str], names: Iterable[str]) -> frozenset[str]:
+    """The data keys among `keys` that some parameter name in `names` belongs to the readout of."""
+    names = list(names)
+    return frozenset(k for k in keys if any(name.startswith(f"readouts.{k}.") for name in names))
 
 
 def pretrained_weights(init_from: str | os.PathLike[str], member: int) -> tuple[dict, str]:
@@ -252,14 +259,11 @@ def train_run(
             weights, source = pretrained_weights(init_from, i)
             # Readouts the pretrained run has for these data keys are loaded, not started from estimates;
             # if one does not fit after all (other neurons), the model is built again with every estimate.
-            known = frozenset(k for k in own if any(name.startswith(f"readouts.{k}.") for name in weights))
-            for pretrained in (known, frozenset[str]()):
+            for pretrained in (_with_readout(own, weights), frozenset[str]()):
                 torch.manual_seed(config.seed + i)
                 net = build(model_config, _shapes(own, model_config, config.device, pretrained))
                 loaded = initialize_from(net, weights)
-                kept = frozenset(
-                    k for k in own if not any(n.startswith(f"readouts.{k}.") for n in loaded["fresh"])
-                )
+                kept = frozenset(own) - _with_readout(own, loaded["fresh"])
                 if pretrained <= kept:
                     break
             start = {"init_from": str(init_from), "member": source, **loaded}
