@@ -258,6 +258,7 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
         ),
         ("--jobs", "0", "--jobs: 0; expected >= 1"),
         ("--ablation", "dropout,shift", "--ablation: unknown ['shift']; expected all or some of ['pretrain"),
+        ("--ablation", "resize", "--ablation: resize: the recordings are at the models' resolution"),
         ("--members", "0", "--members: 0; expected >= 1"),
         ("--epochs", "0", "--epochs: 0; expected >= 1"),
         ("--batch-size", "0", "--batch-size: 0; expected >= 1"),
