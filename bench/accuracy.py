@@ -161,6 +161,9 @@ def trained_once(
     return run, False
 
 
+MEI_NEURONS, MEI_STEPS = 32, 100  # the in-silico MEI check: the recording's first 32 neurons
+
+
 def run_ours(
     model: ModelConfig,
     paths: list[Path],
@@ -171,6 +174,7 @@ def run_ours(
     pretrain: list[Path] | None = None,
     nproc: int = 1,
     measure_in_silico: bool = True,
+    mei_steps: int = MEI_STEPS,
 ) -> dict:
     """Train (pre-train on `pretrain`, fine-tune on `paths`); the ensemble's scores on target's test tier.
 
@@ -202,7 +206,7 @@ def run_ours(
         "seconds": round(time.perf_counter() - started, 1),
         "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(test["ensemble"])},
         "members": each,
-        "in_silico": in_silico(run, target, key, config.device) if measure_in_silico else None,
+        "in_silico": in_silico(run, target, key, config.device, mei_steps) if measure_in_silico else None,
     }
 
 
@@ -218,13 +222,13 @@ def _members_training(run: Path) -> dict[str, list]:
     return {"epochs": epochs, "epoch_seconds": seconds}
 
 
-MEI_NEURONS, MEI_STEPS = 32, 100  # the in-silico MEI check: the recording's first 32 neurons
-
-
-def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> dict:
+def in_silico(
+    run: Path | None, target: Path, key: str, device: str = "cpu", mei_steps: int = MEI_STEPS
+) -> dict:
     """How closely the trained ensemble's sparse-noise receptive fields and grating tuning match the
-    simulated neurons' true centres and orientations, and how much of its MEIs (of MEI_NEURONS neurons)
-    is the neurons' true receptive fields (twin.experiments; the model in torch on `device`; run None:
+    simulated neurons' true centres and orientations, and how much of its MEIs (of MEI_NEURONS neurons,
+    `mei_steps` steps of gradient ascent) is the neurons' true receptive fields (twin.experiments; the
+    model in torch on `device`; run None:
     the ground truth itself, the experiments' own error floor; it has no gradient, so no MEIs).
     Behaviour models see the stimuli at the recording's mean behaviour and pupil position, where the
     ground truth's gain is about 1 and the eye at rest. An error is recorded, not raised: the cell's
@@ -252,7 +256,7 @@ def in_silico(run: Path | None, target: Path, key: str, device: str = "cpu") -> 
         }
         if run is not None:
             ids = truth.neuron_ids[:MEI_NEURONS]
-            meis = most_exciting_images(model, ids, steps=MEI_STEPS, **condition)
+            meis = most_exciting_images(model, ids, steps=mei_steps, **condition)
             scores["mei_filter_alignment_median"] = float(np.median(truth.filter_alignment(meis.images, ids)))
         return scores
     except Exception as exc:  # a failed extra measurement must not lose the trained cell
@@ -422,6 +426,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-in-silico", action="store_true", help="leave out the in-silico measurements (scores only)"
     )
+    parser.add_argument(
+        "--mei-steps",
+        type=int,
+        default=None,
+        help=f"gradient steps of each in-silico MEI (default {MEI_STEPS}; its cost: minutes per cell on CPU)",
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {','.join(ROWS)}")
     parser.add_argument("--tracks", default=",".join(TRACKS), help="tracks to train (default both)")
     parser.add_argument(
@@ -450,12 +460,18 @@ def main() -> None:
     epochs = positive_or(parser, "--epochs", args.epochs, 40 if args.quick else 200)
     width = positive_or(parser, "--width", args.width, 16 if args.quick else None)
     batch_size = positive_or(parser, "--batch-size", args.batch_size, 32 if args.quick else 128)
+    mei_steps = positive_or(parser, "--mei-steps", args.mei_steps, MEI_STEPS)
     ablations = []
     if args.ablation is not None:
         ablations = list(ABLATIONS) if args.ablation == "all" else args.ablation.split(",")
         unknown = [name for name in ablations if name not in ABLATIONS]
         if unknown:
             parser.error(f"--ablation: unknown {unknown}; expected all or some of {list(ABLATIONS)}")
+    chosen_rows = set(args.rows.split(","))
+    tracks = set(args.tracks.split(","))
+    for option, chosen, known in (("--rows", chosen_rows, ROWS), ("--tracks", tracks, TRACKS)):
+        if chosen - set(known):
+            parser.error(f"{option}: unknown {sorted(chosen - set(known))}; expected some of {list(known)}")
     try:
         twin_core = core_changes(args.twin_core)
         model_config("twin_behavior", width, core=twin_core)  # refused here, not in a cell
@@ -525,7 +541,7 @@ def main() -> None:
                 parser.error("--ablation: resize: the recordings are at the models' resolution; none to undo")
             ablations.remove("resize")
         wanted = {ABLATIONS[name] for name in ablations}
-        for row, tracks in rows_without.items():
+        for row, variants in rows_without.items():
             if row not in wanted:
                 continue
             plan[row] = {
@@ -536,13 +552,8 @@ def main() -> None:
                     1,
                     pretrain if pre else None,
                 )
-                for track, (model, pre) in tracks.items()
+                for track, (model, pre) in variants.items()
             }
-    chosen_rows = set(args.rows.split(","))
-    tracks = set(args.tracks.split(","))
-    for option, chosen, known in (("--rows", chosen_rows, ROWS), ("--tracks", tracks, TRACKS)):
-        if chosen - set(known):
-            parser.error(f"{option}: unknown {sorted(chosen - set(known))}; expected some of {list(known)}")
     plan = {
         row: {t: cell for t, cell in cells.items() if t in tracks}
         for row, cells in plan.items()
@@ -578,6 +589,7 @@ def main() -> None:
             kwargs |= {"members": n, "config": cfg, "work": work / "runs", "pretrain": pre}
             kwargs["nproc"] = n if args.jobs > 1 else 1
             kwargs["measure_in_silico"] = not args.skip_in_silico
+            kwargs["mei_steps"] = mei_steps
             cells.append((row, track, run_ours, kwargs))
 
     result = {
@@ -589,6 +601,7 @@ def main() -> None:
         "width": width,
         "twin_core": twin_core,
         "batch_size": batch_size,
+        "mei_steps": mei_steps,
         "device": args.device,
         "amp": args.amp,
         "jobs": args.jobs,
@@ -657,8 +670,10 @@ def main() -> None:
 # What a resumed table must share with the file it continues: the same settings, rows and tracks.
 _RESUME_SAME = (
     "preset", "quick", "members", "max_epochs", "width", "twin_core", "batch_size", "amp",
-    "single_from_ensemble", "rows", "tracks",
+    "single_from_ensemble", "rows", "tracks", "mei_steps",
 )  # fmt: skip
+# ... and what a file written before a setting existed had instead: its default then.
+_RESUME_DEFAULTS = {"mei_steps": MEI_STEPS}
 
 
 def resume_mismatch(earlier: dict, result: dict) -> list[str]:
@@ -666,7 +681,11 @@ def resume_mismatch(earlier: dict, result: dict) -> list[str]:
     settings, or its data (the oracle row: the simulation's test-tier ceilings); [] if it can be."""
     if earlier.get("benchmark") != "accuracy":
         return [f"benchmark {earlier.get('benchmark')!r}, not 'accuracy'"]
-    why = [f"{k} {earlier.get(k)!r} here {result[k]!r}" for k in _RESUME_SAME if earlier.get(k) != result[k]]
+    why = [
+        f"{k} {earlier.get(k, _RESUME_DEFAULTS.get(k))!r} here {result[k]!r}"
+        for k in _RESUME_SAME
+        if earlier.get(k, _RESUME_DEFAULTS.get(k)) != result[k]
+    ]
     if str(earlier.get("device", "")).split(":")[0] != result["device"].split(":")[0]:
         why.append(f"device {earlier.get('device')!r} here {result['device']!r}")
     before, now = earlier.get("table", {}).get("oracle", {}), result["table"]["oracle"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 
 
@@ -19,3 +22,21 @@ def processes_naming(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def run_main(script: Path, args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python SCRIPT ARGS...` in this process: the script's main() with its folder on sys.path, as
+    Python runs a script. Returns its exit status and what it wrote to stderr.
+
+    For refusals, which argparse makes before any work: they need no process of their own (its start-up,
+    importing torch, costs seconds). monkeypatch restores sys.argv, sys.path and PYTHONPATH after."""
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # main() may extend it
+    module = importlib.import_module(script.stem)
+    try:
+        module.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err

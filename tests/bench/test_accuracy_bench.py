@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import processes_naming
+from tests.helpers import processes_naming, run_main
 
 pytest.importorskip("torch", reason="torch: needs the train extra")
 
@@ -32,62 +32,52 @@ def _accuracy(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cells_in_processes_fill_the_table_and_the_single_row_from_the_ensemble(tiny_sim, tmp_path):
+def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pretraining(tiny_sim, tmp_path):
     out = tmp_path / "accuracy.json"
-    # 4 channels, 1 epoch: the plumbing, not the figures
+    work = tmp_path / "work"
+    # 4 channels, 1 epoch: the plumbing, not the figures (cells one after the other, in one process:
+    # the resume test below)
     args = _accuracy(tiny_sim, out, "--rows", "cnn,twin,ensemble", "--epochs", "1", "--members", "2")
-    args += ["--width", "4"]
+    args += ["--width", "4", "--twin-core", "channels=6,dropout=0.2", "--work", str(work)]
+    args += ["--mei-steps", "5"]  # the MEIs of the in-silico check: measured, not judged
+    args[args.index("--tracks") + 1] = "sensorium,sensorium+"
     done = subprocess.run(
         [*args, "--single-from-ensemble"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    work = Path(re.search(r"working in (\S+) \(removed at the end", done.stdout).group(1))
-    assert not work.exists()  # the temporary simulation, caches and runs are gone
     result = json.loads(out.read_text())
     assert result["complete"] and result["jobs"] == 2 and result["single_from_ensemble"]
-    assert result["rows"] == ["cnn", "ensemble", "twin"] and result["tracks"] == ["sensorium+"]
+    assert result["rows"] == ["cnn", "ensemble", "twin"] and result["tracks"] == ["sensorium", "sensorium+"]
+    assert result["mei_steps"] == 5
     table = result["table"]
     assert set(table) == {"CNN (ours)", "twin (1 model)", "twin ensemble (2)", "oracle"}
-    ensemble = table["twin ensemble (2)"]["sensorium+"]
-    assert ensemble["epochs"] == [1, 1] and "sensorium" not in table["CNN (ours)"]
-    single = table["twin (1 model)"]["sensorium+"]
-    assert single["from"] == "mean of the 2 members' own scores"
-    assert single == {**ensemble["members_mean"], "from": single["from"]}
-    assert set(ensemble["members"]) == {"member-0", "member-1"}  # each member's own scores, for their spread
-    for metric, mean in ensemble["members_mean"].items():
-        assert mean == pytest.approx(np.mean([m[metric] for m in ensemble["members"].values()]))
-    for row in ("CNN (ours)", "twin ensemble (2)"):
-        scores = table[row]["sensorium+"]
-        assert -1 <= scores["single_trial_correlation"] <= 1 and -1 <= scores["correlation_to_average"] <= 1
-        # in silico against the simulated neurons: measured for each trained row (1 epoch: not judged)
-        assert scores["in_silico"]["center_error_px_median"] >= 0, scores["in_silico"]
-        assert 0 <= scores["in_silico"]["orientation_error_deg_median"] <= 90
-        assert 0 <= scores["in_silico"]["mei_filter_alignment_median"] <= 1
-    floor = table["oracle"]["sensorium+"]["in_silico"]  # the ground truth: the experiments' own error
-    assert floor["center_error_px_median"] < 0.5 and floor["orientation_error_deg_median"] < 1.0
-    assert "mei_filter_alignment_median" not in floor  # no gradient, no MEIs
+    for track in ("sensorium", "sensorium+"):
+        ensemble = table["twin ensemble (2)"][track]
+        assert ensemble["epochs"] == [1, 1]
+        single = table["twin (1 model)"][track]
+        assert single["from"] == "mean of the 2 members' own scores"
+        assert single == {**ensemble["members_mean"], "from": single["from"]}
+        assert set(ensemble["members"]) == {"member-0", "member-1"}  # each member's own scores: their spread
+        for metric, mean in ensemble["members_mean"].items():
+            assert mean == pytest.approx(np.mean([m[metric] for m in ensemble["members"].values()]))
+        for row in ("CNN (ours)", "twin ensemble (2)"):
+            scores = table[row][track]
+            assert -1 <= scores["single_trial_correlation"] <= 1
+            assert -1 <= scores["correlation_to_average"] <= 1
+            # in silico against the simulated neurons: measured for each trained row (1 epoch: not judged)
+            assert scores["in_silico"]["center_error_px_median"] >= 0, scores["in_silico"]
+            assert 0 <= scores["in_silico"]["orientation_error_deg_median"] <= 90
+            assert 0 <= scores["in_silico"]["mei_filter_alignment_median"] <= 1
+        floor = table["oracle"][track]["in_silico"]  # the ground truth: the experiments' own error
+        assert floor["center_error_px_median"] < 0.5 and floor["orientation_error_deg_median"] < 1.0
+        assert "mei_filter_alignment_median" not in floor  # no gradient, no MEIs
     assert "in silico, against the simulated neurons" in done.stdout
 
-
-@pytest.mark.slow
-def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_path):
-    out = tmp_path / "accuracy.json"
-    work = tmp_path / "work"
-    # in silico is measured (and checked) in the cells test above; here it would only cost time
-    args = _accuracy(
-        tiny_sim, out, "--rows", "ensemble", "--epochs", "1", "--members", "2", "--skip-in-silico"
-    )
-    args += ["--twin-core", "channels=8,dropout=0.2", "--work", str(work)]
-    args[args.index("--tracks") + 1] = "sensorium,sensorium+"
-    # one process: the cells one after the other (cells in processes and torchrun: the tests above and below)
-    args[args.index("--jobs") + 1] = "1"
-    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    cells = json.loads(out.read_text())["table"]["twin ensemble (2)"]
-    assert set(cells) == {"sensorium", "sensorium+"}
+    # Both tracks fine-tune from one pre-training, trained by one cell and waited for by the other.
+    cells = table["twin ensemble (2)"]
     pretrained = [cells[track]["pretrained"] for track in ("sensorium", "sensorium+")]
     assert pretrained[0]["run"] == pretrained[1]["run"] and pretrained[0]["run"].startswith("twin-2-")
-    assert sorted(p["reused"] for p in pretrained) == [False, True]  # trained by one cell, waited for by one
+    assert sorted(p["reused"] for p in pretrained) == [False, True]
     assert all(cells[track]["pretrained_on"] == 2 for track in cells)
     # where each training's time went: every member's epochs and median seconds per epoch
     for training in (pretrained[0], cells["sensorium"], cells["sensorium+"]):
@@ -101,15 +91,19 @@ def test_both_tracks_fine_tune_from_one_pretraining_trained_once(tiny_sim, tmp_p
         scores = evaluate(work / "runs" / cells[track]["run"]["name"], [target], "test")[key]
         for metric in ("single_trial_correlation", "correlation_to_average", "feve"):
             assert cells[track][metric] == pytest.approx(scores[metric], abs=1e-6)
-    # --work keeps the runs; --twin-core reached every twin model (quick width 16 -> 8 channels)
-    runs = sorted((work / "runs").glob("twin*/run.json"))
-    assert len(runs) == 3  # the pre-training and one fine-tuning per track
+    # --work keeps the runs; --twin-core reached every twin model (after --width: 4 -> 6 channels) and
+    # no other
+    runs = sorted((work / "runs").glob("*/run.json"))
+    assert len(runs) == 5  # the pre-training, one fine-tuning per track, the CNN of each track
     for run in runs:
         description = json.loads(run.read_text())
         core = description["model"]["core"]
-        assert core["channels"] == 8 and core["dropout"] == 0.2
+        twin_model = run.parent.name.startswith("twin")
+        assert core["channels"] == (6 if twin_model else 4) and (core["dropout"] == 0.2) == twin_model
         # the twin models' own loss, Poisson + 1 x (1 - correlation), reached the members' training
-        assert description["model"]["correlation_weight"] == description["train"]["correlation_weight"] == 1.0
+        weight = 1.0 if twin_model else 0.0
+        assert description["model"]["correlation_weight"] == weight
+        assert description["train"]["correlation_weight"] == weight
 
 
 @pytest.mark.slow
@@ -121,6 +115,8 @@ def test_the_ablation_rows_train_each_without_one_ingredient(tiny_sim, tmp_path)
     args += ["--ablation", "pretraining,rf_start,modulator,shifter", "--width", "4"]  # plumbing, not figures
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    work = Path(re.search(r"working in (\S+) \(removed at the end", done.stdout).group(1))
+    assert not work.exists()  # without --work: the temporary caches and runs are gone
     result = json.loads(out.read_text())
     assert result["ablations"] == ["pretraining", "rf_start", "modulator", "shifter"]
     table = result["table"]
@@ -262,25 +258,28 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
         ("--members", "0", "--members: 0; expected >= 1"),
         ("--epochs", "0", "--epochs: 0; expected >= 1"),
         ("--batch-size", "0", "--batch-size: 0; expected >= 1"),
+        ("--mei-steps", "0", "--mei-steps: 0; expected >= 1"),
         ("--twin-core", "chanels=8", "--twin-core: 'chanels=8'; expected FIELD=VALUE with FIELD one of"),
         ("--twin-core", "channels=0", "--twin-core: channels: 0; expected an integer >= 1"),
     ],
 )
-def test_bad_options_are_refused_naming_the_option(tiny_sim, tmp_path, option, value, message):
-    args = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--quick", "--data", str(tiny_sim)]
-    done = subprocess.run([*args, option, value], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+def test_bad_options_are_refused_naming_the_option(
+    tiny_sim, tmp_path, monkeypatch, capsys, option, value, message
+):
+    monkeypatch.chdir(tmp_path)
+    args = ["--quick", "--data", str(tiny_sim), option, value]
+    code, stderr = run_main(ROOT / "bench" / "accuracy.py", args, monkeypatch, capsys)
+    assert code == 2 and message in stderr, stderr[-2000:]
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_a_work_folder_that_is_a_file_is_refused(tiny_sim, tmp_path):
+def test_a_work_folder_that_is_a_file_is_refused(tiny_sim, tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").write_text("a file")
-    args = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--quick", "--data", str(tiny_sim)]
-    done = subprocess.run(
-        [*args, "--work", "taken"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "--work: taken is a file; expected a folder (made if missing)" in done.stderr
+    monkeypatch.chdir(tmp_path)
+    args = ["--quick", "--data", str(tiny_sim), "--work", "taken"]
+    code, stderr = run_main(ROOT / "bench" / "accuracy.py", args, monkeypatch, capsys)
+    assert code == 2, stderr[-2000:]
+    assert "--work: taken is a file; expected a folder (made if missing)" in stderr
 
 
 @pytest.mark.parametrize(("steps", "per_round"), [("5", "2"), ("4", "8"), ("4", "0")])
@@ -331,3 +330,17 @@ def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(t
     assert refused.returncode == 2
     assert "--resume" in refused.stderr and "max_epochs 1 here 2" in refused.stderr
     assert out.read_text() == before
+
+
+def test_a_result_file_from_before_an_option_resumes_only_at_its_default():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from accuracy import _RESUME_SAME, MEI_STEPS, resume_mismatch
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    oracle = {"sensorium": {"single_trial_correlation": 0.4, "correlation_to_average": 0.8, "feve": 1.0}}
+    result = {k: None for k in _RESUME_SAME} | {"benchmark": "accuracy", "device": "cpu"}
+    result |= {"mei_steps": MEI_STEPS, "table": {"oracle": oracle}}
+    earlier = {k: v for k, v in result.items() if k != "mei_steps"}  # written before --mei-steps existed
+    assert resume_mismatch(earlier, result) == []
+    assert resume_mismatch(earlier, {**result, "mei_steps": 5}) == [f"mei_steps {MEI_STEPS} here 5"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_main
+
 pytest.importorskip("torch", reason="torch: needs the train extra")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +38,8 @@ def test_measures_a_registered_model_and_writes_its_machine(tmp_path):
         ("--device", "tpu", "--device: device: 'tpu'; expected cpu, cuda or cuda:<index>"),
     ],
 )
-def test_bad_options_are_refused_naming_the_option(tmp_path, option, value, message):
-    done = subprocess.run(
-        [sys.executable, SCRIPT, option, value, "--out", str(tmp_path / "x.json")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+def test_bad_options_are_refused_naming_the_option(tmp_path, monkeypatch, capsys, option, value, message):
+    args = [option, value, "--out", str(tmp_path / "x.json")]
+    code, stderr = run_main(Path(SCRIPT), args, monkeypatch, capsys)
+    assert code == 2 and message in stderr, stderr[-2000:]
     assert not list(tmp_path.iterdir())
