@@ -314,16 +314,18 @@ def train(
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Training loss, validation correlation and learning rate per epoch, as a PNG."""
+    """Training loss, validation correlation and learning rate per epoch, as a PNG.
+
+    A bare matplotlib Figure (no pyplot: no global figure state, and a second less to import) with fixed
+    margins (constrained layout would cost another half second per plot)."""
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.28)
     series = (
         ("train_loss", "training loss"),
         ("validation_correlation", "validation correlation"),
@@ -338,11 +340,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if "lr_decay" in h:
             for ax in axes:
                 ax.axvline(h["epoch"], color="0.8", lw=0.8, zorder=0)
-    try:
-        with replacing(path) as tmp:  # keeps the .png suffix savefig goes by
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    with replacing(path) as tmp:  # keeps the .png suffix savefig goes by
+        fig.savefig(tmp, dpi=100)
 
 
 def _rewrite_log(path: Path, history: list[dict]) -> None:
