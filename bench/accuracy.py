@@ -40,7 +40,8 @@ Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json
 after every finished cell ("complete": false until the last), so a run cut short keeps what it trained;
 `--resume` continues such a file: the same settings on the same data (checked: a file of another table
 is refused) keep its finished cells and train only the rest (its earlier runs are listed in the file).
-`--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU).
+`--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU);
+`--mei-steps N` shortens the MEIs' gradient ascent (default 100; a pipeline check needs a few).
 """
 
 from __future__ import annotations
