@@ -229,8 +229,8 @@ def in_silico(
     """How closely the trained ensemble's sparse-noise receptive fields and grating tuning match the
     simulated neurons' true centres and orientations, and how much of its MEIs (of MEI_NEURONS neurons,
     `mei_steps` steps of gradient ascent) is the neurons' true receptive fields (twin.experiments; the
-    model in torch on `device`; run None:
-    the ground truth itself, the experiments' own error floor; it has no gradient, so no MEIs).
+    model in torch on `device`; run None: the ground truth itself, the experiments' own error floor; it
+    has no gradient, so no MEIs).
     Behaviour models see the stimuli at the recording's mean behaviour and pupil position, where the
     ground truth's gain is about 1 and the eye at rest. An error is recorded, not raised: the cell's
     scores stand without it."""
