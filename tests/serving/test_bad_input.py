@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,27 +26,10 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
-def behavior_artifact(tiny_paths, tmp_path_factory) -> Path:
-    """A narrowed SENSORIUM+ CNN (behaviour channels + shifter: needs behavior and pupil_center), trained
-    for 1 epoch on one recording and exported. Plumbing only."""
-    from training.export import export_run
-    from training.models import get_config
-    from training.run import train_run
-    from training.trainer import TrainConfig
-
-    base = get_config("cnn_behavior")
-    model = replace(base, name=BEHAVIOR, core=replace(base.core, channels=4, layers=1))
-    run = tmp_path_factory.mktemp("runs") / BEHAVIOR
-    config = TrainConfig(max_epochs=1, batch_size=128, patience=1, lr_decay_steps=1, seed=0)
-    train_run([tiny_paths[KEY]], model, run, config=config, progress=False)
-    return export_run(run, tmp_path_factory.mktemp("artifacts") / BEHAVIOR)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_artifact, behavior_artifact, tiny_paths, tmp_path_factory):
+def server(tiny_artifact, tiny_behavior_artifact, tiny_paths, tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     shutil.copytree(tiny_artifact, root / MODEL / "1")
-    shutil.copytree(behavior_artifact, root / BEHAVIOR / "1")
+    shutil.copytree(tiny_behavior_artifact, root / BEHAVIOR / "1")
     with start(
         root,
         heldout=[tiny_paths[OTHER]],
@@ -69,10 +50,10 @@ def channel(server):
 
 
 @pytest.fixture(scope="module")
-def local(tiny_artifact, behavior_artifact) -> dict[str, Any]:
+def local(tiny_artifact, tiny_behavior_artifact) -> dict[str, Any]:
     return {
         MODEL: twin.load(tiny_artifact, threads=1).twin(KEY),
-        BEHAVIOR: twin.load(behavior_artifact, threads=1).twin(KEY),
+        BEHAVIOR: twin.load(tiny_behavior_artifact, threads=1).twin(KEY),
     }
 
 

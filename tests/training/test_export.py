@@ -23,7 +23,7 @@ from training.run import load_members, train_run
 from training.trainer import TrainConfig
 from twin import artifact
 from twin.cli import cli
-from twin.data import load_recording, write_recording
+from twin.data import load_recording
 from twin.errors import InvalidInput
 from twin.resize import interpolation_matrix, resize, resize_adjoint
 
@@ -35,38 +35,6 @@ RTOL = 1e-5  # of the largest magnitude: float32 graphs vs float32 torch
 # 3.8e-6 (one model pixel of one image; the median pixel by 1e-8). A wrong gradient graph is off by
 # orders of magnitude more.
 GRADIENT_RTOL = 3e-5
-
-
-@pytest.fixture(scope="module")
-def upscaled(tiny_paths, tmp_path_factory) -> Path:
-    """The behaviour recording (part of it) with 144 x 256 images as SENSORIUM's; models see 36 x 64."""
-    rec = load_recording(tiny_paths["90002-1-1"], progress=False)
-    part = rec.subset(np.concatenate([rec.tier_indices("train")[:400], rec.tier_indices("validation")]))
-    big = replace(part, images=np.repeat(np.repeat(part.images, 4, axis=2), 4, axis=3))
-    return write_recording(big, tmp_path_factory.mktemp("x4") / "static90002-1-1-x4", progress=False)
-
-
-@pytest.fixture(scope="module")
-def behavior_run(upscaled, tmp_path_factory) -> Path:
-    """A narrowed twin_behavior ensemble: behaviour channels, shifter, modulator, derived image channels."""
-    base = get_config("twin_behavior")
-    model = replace(base, name="twin-behavior-tiny", core=replace(base.core, channels=8, layers=2))
-    run = tmp_path_factory.mktemp("runs") / "twin-behavior"
-    train_run([upscaled], model, run, members=2, config=FAST, progress=False)
-    # Both members, whatever greedy selection kept after one epoch: the ensemble's spread is under test.
-    (run / "selection.json").write_text(json.dumps({"selected": [1, 0]}))
-    return run
-
-
-@pytest.fixture(scope="module")
-def behavior_artifact(behavior_run, tmp_path_factory) -> Path:
-    """Exported through the command line, as a user would."""
-    out = tmp_path_factory.mktemp("artifacts") / "behavior"
-    args = ["export", str(behavior_run), "--out", str(out), "--name", "mouse", "--version", "3", "--quiet"]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    assert "artifact mouse version 3: " in result.output and str(out) in result.output
-    return out
 
 
 def _torch_ensemble(run: Path, key: str) -> tuple[list, Preprocessing]:
@@ -182,10 +150,10 @@ def test_image_only_artifact_matches_the_torch_ensemble(tiny_run, tiny_artifact,
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_behavior_artifact_matches_the_torch_ensemble_at_both_resolutions(
-    behavior_run, behavior_artifact, batch
+    tiny_behavior_run, tiny_behavior_artifact, batch
 ):
-    twin = artifact.load(behavior_artifact, threads=2).twin()
-    nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
+    twin = artifact.load(tiny_behavior_artifact, threads=2).twin()
+    nets, pre = _torch_ensemble(tiny_behavior_run, "90002-1-1")
     assert twin.recording_image_size == (144, 256) and twin.image_size == (36, 64)
     assert twin.requires == {"behavior": True, "pupil_center": True}
     for size in (twin.recording_image_size, twin.image_size):
@@ -206,13 +174,13 @@ def test_behavior_artifact_matches_the_torch_ensemble_at_both_resolutions(
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_the_torch_twin_answers_as_the_artifact_does(behavior_run, behavior_artifact, batch):
+def test_the_torch_twin_answers_as_the_artifact_does(tiny_behavior_run, tiny_behavior_artifact, batch):
     """TorchTwin: the run itself behind the twin interface, before export (DESIGN.md §3)."""
     from training.torch_twin import TorchTwin
 
-    torch_twin = TorchTwin(behavior_run)
-    onnx_twin = artifact.load(behavior_artifact, threads=2).twin()
-    nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
+    torch_twin = TorchTwin(tiny_behavior_run)
+    onnx_twin = artifact.load(tiny_behavior_artifact, threads=2).twin()
+    nets, pre = _torch_ensemble(tiny_behavior_run, "90002-1-1")
     identity = ("name", "version")
     assert {k: v for k, v in torch_twin.info().items() if k not in identity} == {
         k: v for k, v in onnx_twin.info().items() if k not in identity
@@ -256,22 +224,22 @@ def test_open_twin_opens_a_run_in_torch_and_experiments_agree_with_the_artifact(
         twin.open_twin(tiny_run)
 
 
-def test_gradient_is_right_whatever_the_thread_count(behavior_run, behavior_artifact):
+def test_gradient_is_right_whatever_the_thread_count(tiny_behavior_run, tiny_behavior_artifact):
     """ORT's multi-threaded ScatterND(add) loses updates (TOOLCHAIN.md): the gradient runs one thread."""
-    nets, pre = _torch_ensemble(behavior_run, "90002-1-1")
+    nets, pre = _torch_ensemble(tiny_behavior_run, "90002-1-1")
     x = _inputs(pre, 16, (36, 64), 7)
     weights = np.random.default_rng(7).normal(size=(16, 150)).astype(np.float32)
     expected = _reference_gradient(nets, pre, "90002-1-1", x, weights)
     for threads in (2, 4):
-        twin = artifact.load(behavior_artifact, threads=threads).twin()
+        twin = artifact.load(tiny_behavior_artifact, threads=threads).twin()
         for _ in range(3):
             _close(
                 twin.gradient(x["images"], weights, x["behavior"], x["pupil_center"]), expected, GRADIENT_RTOL
             )
 
 
-def test_behavior_inputs_are_required_and_checked(behavior_artifact):
-    twin = artifact.load(behavior_artifact).twin()
+def test_behavior_inputs_are_required_and_checked(tiny_behavior_artifact):
+    twin = artifact.load(tiny_behavior_artifact).twin()
     x = _inputs(Preprocessing.from_dict(twin.entry["preprocessing"]), 2, (36, 64), 0)
     with pytest.raises(InvalidInput, match=r"behavior: None.*\(2, 3\)"):
         twin.predict(x["images"], pupil_center=x["pupil_center"])
@@ -283,10 +251,10 @@ def test_behavior_inputs_are_required_and_checked(behavior_artifact):
         twin.predict(x["images"], x["behavior"], np.full((2, 2), np.nan))
 
 
-def test_manifest_describes_the_artifact(behavior_run, behavior_artifact, upscaled):
-    manifest = json.loads((behavior_artifact / "manifest.json").read_text())
-    run = json.loads((behavior_run / "run.json").read_text())
-    metrics = json.loads((behavior_run / "metrics.json").read_text())
+def test_manifest_describes_the_artifact(tiny_behavior_run, tiny_behavior_artifact, tiny_x4):
+    manifest = json.loads((tiny_behavior_artifact / "manifest.json").read_text())
+    run = json.loads((tiny_behavior_run / "run.json").read_text())
+    metrics = json.loads((tiny_behavior_run / "metrics.json").read_text())
     assert manifest["schema_version"] == artifact.SCHEMA_VERSION
     assert (manifest["name"], manifest["version"], manifest["data_keys"]) == ("mouse", 3, ["90002-1-1"])
     assert manifest["members"] == ["member-1", "member-0"]
@@ -294,7 +262,7 @@ def test_manifest_describes_the_artifact(behavior_run, behavior_artifact, upscal
     assert manifest["validation_metrics"]["validation_correlation"] == metrics["validation_correlation"]
     assert manifest["torch_version"] == torch.__version__ and manifest["onnx_version"] == onnx.__version__
     entry = manifest["recordings"]["90002-1-1"]
-    recording = load_recording(upscaled, progress=False)
+    recording = load_recording(tiny_x4, progress=False)
     assert entry["neuron_ids"] == recording.neuron_ids.tolist() and entry["n_neurons"] == 150
     np.testing.assert_allclose(entry["cortical_coordinates"], recording.cell_motor_coordinates, rtol=1e-6)
     assert (entry["image_size"], entry["recording_image_size"]) == ([36, 64], [144, 256])
@@ -308,10 +276,10 @@ def test_manifest_describes_the_artifact(behavior_run, behavior_artifact, upscal
     assert gradient_inputs == ["images", "weights", "behavior", "pupil_center"]
     assert [o["name"] for o in entry["outputs"]["responses"]] == ["mean", "std", "members"]
     assert entry["outputs"]["responses"][2]["shape"] == [len(manifest["members"]), "batch", 150]
-    files = sorted(p.name for p in behavior_artifact.iterdir() if p.name != "manifest.json")
+    files = sorted(p.name for p in tiny_behavior_artifact.iterdir() if p.name != "manifest.json")
     assert files == sorted(manifest["files"]) == ["gradient-90002-1-1.onnx", "responses-90002-1-1.onnx"]
     for name in files:
-        assert manifest["files"][name]["bytes"] == (behavior_artifact / name).stat().st_size
+        assert manifest["files"][name]["bytes"] == (tiny_behavior_artifact / name).stat().st_size
 
 
 def test_graphs_read_out_with_gathers_and_differentiate_folded_convs(tiny_artifact):
