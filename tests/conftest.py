@@ -35,6 +35,13 @@ def tiny_paths(tiny_sim) -> dict[str, Path]:
     return {p.name.split("-GrayImageNet")[0].removeprefix("static"): p for p in tiny_sim.glob("static*")}
 
 
+def _one_epoch():
+    """The trained fixtures' recipe: 1 epoch, batches of 64, seed 0 (plumbing, not accuracy)."""
+    from training.trainer import TrainConfig
+
+    return TrainConfig(max_epochs=1, batch_size=64, patience=1, lr_decay_steps=1, seed=0)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_paths, tmp_path_factory) -> Path:
     """A trained run on both tiny recordings: one narrowed image-only CNN, trained for 1 epoch.
@@ -45,13 +52,11 @@ def tiny_run(tiny_paths, tmp_path_factory) -> Path:
 
     from training.models import get_config
     from training.run import train_run
-    from training.trainer import TrainConfig
 
     base = get_config("cnn")
     model = replace(base, name="cnn-tiny", core=replace(base.core, channels=8, layers=2, hidden_kernel=5))
-    config = TrainConfig(max_epochs=1, batch_size=64, patience=1, lr_decay_steps=1, seed=0)
     run = tmp_path_factory.mktemp("runs") / "cnn-tiny"
-    train_run(sorted(tiny_paths.values()), model, run, config=config, progress=False)
+    train_run(sorted(tiny_paths.values()), model, run, config=_one_epoch(), progress=False)
     return run
 
 
@@ -88,13 +93,11 @@ def tiny_behavior_run(tiny_x4, tmp_path_factory) -> Path:
 
     from training.models import get_config
     from training.run import train_run
-    from training.trainer import TrainConfig
 
     base = get_config("twin_behavior")
     model = replace(base, name="twin-behavior-tiny", core=replace(base.core, channels=8, layers=2))
     run = tmp_path_factory.mktemp("runs") / "twin-behavior"
-    config = TrainConfig(max_epochs=1, batch_size=64, patience=1, lr_decay_steps=1, seed=0)
-    train_run([tiny_x4], model, run, members=2, config=config, progress=False)
+    train_run([tiny_x4], model, run, members=2, config=_one_epoch(), progress=False)
     # Both members, whatever greedy selection kept after one epoch: the ensemble's spread is under test.
     (run / "selection.json").write_text(json.dumps({"selected": [1, 0]}))
     return run

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 
 def processes_naming(text: str) -> list[int]:
@@ -22,6 +23,17 @@ def processes_naming(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def bench_module(name: str) -> ModuleType:
+    """The benchmark script bench/NAME.py as a module (imported with bench/ on sys.path, as Python runs a
+    script there: the scripts import each other by name)."""
+    folder = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def run_main(script: Path, args: list[str], monkeypatch, capsys) -> tuple[int, str]:

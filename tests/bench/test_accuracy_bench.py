@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import processes_naming, run_main
+from tests.helpers import bench_module, processes_naming, run_main
 
 pytest.importorskip("torch", reason="torch: needs the train extra")
 
@@ -140,15 +140,11 @@ def test_each_ablation_row_is_the_full_model_without_its_one_ingredient():
 
     from training.models import RecordingShape, build
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from accuracy import ABLATIONS, _ablations, model_config
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    rows = _ablations(4, {}, resized=True)
-    assert set(rows) == set(ABLATIONS.values())
+    accuracy = bench_module("accuracy")
+    rows = accuracy._ablations(4, {}, resized=True)
+    assert set(rows) == set(accuracy.ABLATIONS.values())
     names = {"sensorium": "twin", "sensorium+": "twin_behavior"}
-    full = {track: model_config(name, 4, core={}) for track, name in names.items()}
+    full = {track: accuracy.model_config(name, 4, core={}) for track, name in names.items()}
     # what each row changes, put back: the full model again
     restore = {
         "pretraining": lambda c: c,
@@ -164,7 +160,7 @@ def test_each_ablation_row_is_the_full_model_without_its_one_ingredient():
         "shifter": lambda c: replace(c, shifter=True),
     }
     shape = RecordingShape(n_neurons=3, coordinates=np.random.default_rng(0).normal(size=(3, 3)))
-    for name, row in ABLATIONS.items():
+    for name, row in accuracy.ABLATIONS.items():
         tracks = rows[row]
         assert set(tracks) == ({"sensorium+"} if name in ("modulator", "shifter") else set(names))
         for track, (model, pretrained) in tracks.items():
@@ -182,16 +178,12 @@ def test_each_ablation_row_is_the_full_model_without_its_one_ingredient():
 
 
 def test_presets_that_resize_add_the_resize_row_and_only_it_switches_to_bilinear():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from accuracy import _ablations, model_config
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    plain, resized = _ablations(8, {}, resized=False), _ablations(8, {}, resized=True)
+    accuracy = bench_module("accuracy")
+    plain, resized = accuracy._ablations(8, {}, resized=False), accuracy._ablations(8, {}, resized=True)
     row = "- anti-aliased resize (the baseline's bilinear)"
     assert row not in plain and set(resized) == {*plain, row}
     names = {"sensorium": "twin", "sensorium+": "twin_behavior"}
-    full = {track: model_config(name, 8, core={}) for track, name in names.items()}
+    full = {track: accuracy.model_config(name, 8, core={}) for track, name in names.items()}
     for track, (model, pretrained) in resized[row].items():
         assert pretrained and model.input_resize == "bilinear" and full[track].input_resize == "area"
         assert replace(model, input_resize="area") == full[track]  # the one ingredient switched off
@@ -333,14 +325,11 @@ def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(t
 
 
 def test_a_result_file_from_before_an_option_resumes_only_at_its_default():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from accuracy import _RESUME_SAME, MEI_STEPS, resume_mismatch
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    accuracy = bench_module("accuracy")
     oracle = {"sensorium": {"single_trial_correlation": 0.4, "correlation_to_average": 0.8, "feve": 1.0}}
-    result = {k: None for k in _RESUME_SAME} | {"benchmark": "accuracy", "device": "cpu"}
-    result |= {"mei_steps": MEI_STEPS, "table": {"oracle": oracle}}
+    result = {k: None for k in accuracy._RESUME_SAME} | {"benchmark": "accuracy", "device": "cpu"}
+    result |= {"mei_steps": accuracy.MEI_STEPS, "table": {"oracle": oracle}}
     earlier = {k: v for k, v in result.items() if k != "mei_steps"}  # written before --mei-steps existed
-    assert resume_mismatch(earlier, result) == []
-    assert resume_mismatch(earlier, {**result, "mei_steps": 5}) == [f"mei_steps {MEI_STEPS} here 5"]
+    assert accuracy.resume_mismatch(earlier, result) == []
+    other = {**result, "mei_steps": 5}
+    assert accuracy.resume_mismatch(earlier, other) == [f"mei_steps {accuracy.MEI_STEPS} here 5"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import bench_module
 from twin.data import load_recording, write_recording
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +31,7 @@ def fine_detail(tiny_paths, tmp_path_factory) -> Path:
 
 
 def test_area_resize_keeps_what_the_neurons_see_and_bilinear_loses_some(fine_detail, tiny_sim):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from input_resize import measure
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    row = measure(fine_detail, tiny_sim, 200)
+    row = bench_module("input_resize").measure(fine_detail, tiny_sim, 200)
     assert row["image_size"] == [144, 256] and row["images"] == 200
     assert row["area"]["mean"] == pytest.approx(1.0, abs=1e-6)  # the simulated neurons' own resampling
     assert row["bilinear"]["mean"] < 0.995 and row["bilinear"]["p10"] < row["bilinear"]["mean"]
