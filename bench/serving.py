@@ -6,7 +6,9 @@ Everything is measured in one run, each figure against its baseline in the same 
    of the same ensemble — the run's selected members rebuilt by training.run.load_members and wrapped in
    the exporter's ResponseGraph, so preprocessing, weights and the ensemble mean/std are the same; eval
    mode, torch.inference_mode, the same thread count. torch runs in channels_last (the trainer's layout)
-   and in NCHW; the target compares ONNX Runtime with the faster of the two. Batch 1, 32 and 128.
+   and in NCHW; the target compares ONNX Runtime with the faster of the two. Batch 1, 32 and 128. Where
+   ONNX Runtime runs a batch in calls of at most `rows_per_run` images (on CPU, twin.artifact), the same
+   batch in one call is measured beside it ("ort_one_call").
 2. grpc: Predict end to end — a real server (serving.server.start in a child process, loopback, its
    default dynamic batching) called through the generated twin.v1 stubs, each client thread with its own
    channel — against OnnxTwin.predict in this process (all threads share one OnnxTwin), at batch 1 and 32
@@ -569,13 +571,19 @@ def call_summary(seconds: list[float], batch: int) -> dict:
     }
 
 
-def part_engines(ort_twin: Any, torch_models: dict[str, TorchEnsemble], sizes: Sizes, seed: int) -> dict:
+def part_engines(
+    ort_twin: Any, torch_models: dict[str, TorchEnsemble], sizes: Sizes, seed: int, one_call: Any = None
+) -> dict:
+    """`one_call`: the same artifact loaded to run every batch in one ONNX Runtime call ("ort_one_call",
+    against which the default rows per call is compared), where that differs from the default."""
     out: dict[str, Any] = {}
     for batch in ENGINE_BATCHES:
         inputs = make_inputs(ort_twin, batch, seed)
         runners: dict[str, Callable[[], Any]] = {
             "ort": lambda i=inputs: ort_twin.predict(i.images, i.behavior, i.pupil_center)
         }
+        if one_call is not None and batch > ort_twin.rows_per_run:
+            runners["ort_one_call"] = lambda i=inputs: one_call.predict(i.images, i.behavior, i.pupil_center)
         for name, model in torch_models.items():
             runners[name] = lambda m=model, i=inputs: m.predict(i)
         print(f"  batch {batch}: {sizes.engine_calls[batch]} calls of {', '.join(runners)}", flush=True)
@@ -588,6 +596,10 @@ def part_engines(ort_twin: Any, torch_models: dict[str, TorchEnsemble], sizes: S
                 row["ort"]["images_per_second"] / row[name]["images_per_second"], 2
             )
         row["ort"]["speedup_vs_torch_best"] = row["ort"][f"speedup_vs_{best}"]
+        if "ort_one_call" in row:
+            row["ort"]["speedup_vs_ort_one_call"] = round(
+                row["ort"]["images_per_second"] / row["ort_one_call"]["images_per_second"], 2
+            )
         row["torch_best"] = best
         mean, _ = ort_twin.predict(inputs.images, inputs.behavior, inputs.pupil_center)
         row["max_relative_difference_vs_torch"] = relative_difference(
@@ -792,6 +804,14 @@ def print_table(result: dict) -> None:
             f"  {batch:>5} {row['ort']['images_per_second']:13.1f}{cells} "
             f"{row['ort']['speedup_vs_torch_best']:16.2f}x {row['max_relative_difference_vs_torch']:13.1e}"
         )
+    rows = result["config"].get("ort_rows_per_run")
+    for batch, row in result["engines"].items():
+        if "ort_one_call" in row:
+            print(
+                f"  batch {batch}: ONNX Runtime in calls of {rows} images vs one call: "
+                f"{row['ort']['images_per_second']:.1f} vs {row['ort_one_call']['images_per_second']:.1f} "
+                f"images/s ({row['ort']['speedup_vs_ort_one_call']:.2f}x)"
+            )
 
     print("\n2. Predict: gRPC (own channel per client, server's default batching) vs in-process ONNX Runtime")
     print(
@@ -940,7 +960,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise RuntimeError(f"torch ensemble has {members} members, the artifact {ort_twin.n_members}")
 
         print("1. engines: ONNX Runtime vs torch eager", flush=True)
-        result["engines"] = part_engines(ort_twin, torch_models, sizes, args.seed)
+        one_call = None
+        if ort_twin.rows_per_run is not None and ort_twin.rows_per_run < max(ENGINE_BATCHES):
+            one_call = load(model.artifact, threads=args.threads, rows_per_run=max(ENGINE_BATCHES))
+            one_call = one_call.twin(model.data_key)
+        result["engines"] = part_engines(ort_twin, torch_models, sizes, args.seed, one_call)
         with servers_running(model.repository, args.threads) as servers:
             warm(servers["on"], model, ort_twin)
             warm(servers["off"], model, ort_twin)
@@ -970,6 +994,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "config": {
             "threads": args.threads,
+            "ort_rows_per_run": ort_twin.rows_per_run,  # the servers load the artifact alike
             "torch_layouts": layouts,
             "sizes": {
                 "engine_calls": sizes.engine_calls,

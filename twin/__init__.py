@@ -34,12 +34,16 @@ __all__ = [
 
 
 def load(
-    path: str | os.PathLike[str], *, threads: int | None = None, providers: Sequence[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    rows_per_run: int | None = None,
 ) -> Artifact:
     """Open and verify an artifact folder (see `twin.artifact.load`); `.twin(data_key)` runs it."""
     from twin.artifact import load as load_artifact
 
-    return load_artifact(path, threads=threads, providers=providers)
+    return load_artifact(path, threads=threads, providers=providers, rows_per_run=rows_per_run)
 
 
 def open_twin(

@@ -8,6 +8,7 @@ Needs the train and serve extras (torch, onnxruntime, onnxscript, grpcio, promet
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_quick_serving_bench_fills_every_row(tmp_path):
         capture_output=True,
         text=True,
         timeout=500,
+        env={**os.environ, "TWIN_ORT_ROWS_PER_RUN": "16"},  # batches of 32 and 128 run in slices
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "targets:" in done.stdout and f"wrote {out}" in done.stdout
@@ -44,13 +46,20 @@ def test_quick_serving_bench_fills_every_row(tmp_path):
         assert result["machine"][field]
     assert result["model"]["members"] == 2 and result["model"]["neurons"] == 100
 
-    # 1. ONNX Runtime vs torch eager at batch 1, 32, 128, the same ensemble (same numbers).
+    # 1. ONNX Runtime vs torch eager at batch 1, 32, 128, the same ensemble (same numbers); ONNX Runtime
+    # in calls of 16 images vs whole batches in one call where a batch is larger.
+    assert result["config"]["ort_rows_per_run"] == 16
     assert sorted(result["engines"], key=int) == ["1", "32", "128"]
-    for row in result["engines"].values():
+    for batch, row in result["engines"].items():
         for engine in ("ort", "torch_channels_last", "torch_nchw"):
             _positive(row[engine], "images_per_second", "seconds_median", "calls")
         _positive(row["ort"], "speedup_vs_torch_best")
         assert row["max_relative_difference_vs_torch"] < 1e-4
+        assert ("ort_one_call" in row) == (int(batch) > 16)
+        if int(batch) > 16:
+            _positive(row["ort_one_call"], "images_per_second", "calls")
+            _positive(row["ort"], "speedup_vs_ort_one_call")
+    assert "in calls of 16 images vs one call" in done.stdout
 
     # 2. gRPC vs in process at batch 1 and 32 with 1, 8 and 32 clients.
     assert sorted((r["batch"], r["clients"]) for r in result["grpc"]) == [

@@ -251,3 +251,54 @@ def test_execution_providers_are_checked_against_this_build(tiny_artifact, monke
     monkeypatch.setenv("TWIN_ORT_PROVIDERS", "CPUExecutionProvider")
     twin = artifact.load(tiny_artifact).twin(artifact.load(tiny_artifact).data_keys[0])
     assert twin.predict(np.zeros((1, *twin.image_size), np.float32))[0].shape == (1, twin.n_neurons)
+
+
+def test_a_batch_run_in_slices_gives_the_same_answers(tiny_behavior_artifact):
+    """rows_per_run=2 runs 5 images as 2 + 2 + 1 calls: every output equals the one-call run, the members'
+    (M, B, N) joined on their batch axis, and gradients too."""
+    sliced = artifact.load(tiny_behavior_artifact, threads=2, rows_per_run=2).twin()
+    whole = artifact.load(tiny_behavior_artifact, threads=2, rows_per_run=64).twin()
+    assert sliced.rows_per_run == 2 and whole.rows_per_run == 64
+    rng = np.random.default_rng(3)
+    images = _images(5, whole.recording_image_size)
+    behavior = rng.uniform(0, 1, (5, 3)).astype(np.float32)
+    pupil = rng.normal(0, 1, (5, 2)).astype(np.float32)
+    weights = rng.standard_normal((5, whole.n_neurons)).astype(np.float32)
+    expected = whole.predict(images, behavior, pupil)
+    for a, b in zip(sliced.predict(images, behavior, pupil), expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    members = sliced.predict_members(images, behavior, pupil)
+    assert members.shape == (2, 5, whole.n_neurons)
+    np.testing.assert_allclose(members, whole.predict_members(images, behavior, pupil), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(members[:, 0], members[:, 1])  # rows are not repeated across slices
+    gradient = sliced.gradient(images, weights, behavior, pupil)
+    assert gradient.shape == images.shape
+    expected_gradient = whole.gradient(images, weights, behavior, pupil)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-5, atol=1e-8)
+
+
+def test_rows_per_run_follows_the_readout_size_on_cpu_and_is_checked(tiny_artifact, monkeypatch):
+    manifest = {"model": {"core": {"channels": 64}}}
+    cpu, gpu = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # 8,000 neurons x 64 channels x 4 bytes = 2 MB per image: 4 images within 8 MiB
+    assert artifact.default_rows_per_run(manifest, 8000, cpu) == 4
+    assert artifact.default_rows_per_run(manifest, 1000, cpu) == 32
+    assert artifact.default_rows_per_run(manifest, 150, cpu) == 128
+    assert artifact.default_rows_per_run(manifest, 100, cpu) == artifact.MAX_ROWS_PER_RUN
+    assert artifact.default_rows_per_run(manifest, 10**6, cpu) == 1
+    assert artifact.default_rows_per_run({}, 8000, cpu) == 4  # 64 channels where the manifest is silent
+    assert artifact.default_rows_per_run(manifest, 8000, gpu) is None  # a GPU takes batches whole
+    monkeypatch.delenv("TWIN_ORT_ROWS_PER_RUN", raising=False)
+    twin = artifact.load(tiny_artifact).twin("90001-1-1")
+    assert twin.rows_per_run == artifact.default_rows_per_run(twin.artifact.manifest, 150, cpu)
+    monkeypatch.setenv("TWIN_ORT_ROWS_PER_RUN", "3")
+    assert artifact.load(tiny_artifact).twin("90001-1-1").rows_per_run == 3
+    assert artifact.load(tiny_artifact, rows_per_run=5).twin("90001-1-1").rows_per_run == 5  # argument first
+    for bad in ("0", "many", "-2"):
+        monkeypatch.setenv("TWIN_ORT_ROWS_PER_RUN", bad)
+        with pytest.raises(InvalidInput, match="TWIN_ORT_ROWS_PER_RUN"):
+            artifact.load(tiny_artifact)
+    monkeypatch.delenv("TWIN_ORT_ROWS_PER_RUN")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InvalidInput, match="rows_per_run"):
+            artifact.load(tiny_artifact, rows_per_run=bad)
