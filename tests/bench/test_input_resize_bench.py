@@ -40,8 +40,14 @@ def test_area_resize_keeps_what_the_neurons_see_and_bilinear_loses_some(fine_det
 
 @pytest.mark.slow
 def test_the_training_mode_trains_a_twin_per_resize_and_scores_it(tmp_path):
+    """On the bench's own 144 x 256 preset, with fewer trials (the plumbing, not the figures)."""
+    module = bench_module("input_resize")
+    fewer = tuple(replace(r, n_train=160, n_validation=40) for r in module.TRAIN_PRESET.recordings)
+    preset = replace(module.TRAIN_PRESET, recordings=fewer, n_test_images=10, repeats=4)
+    sim, name = module._simulation(None, str(tmp_path), preset)
+    assert name == "tiny-144x256" and len(list(sim.glob("static*"))) == 2
     out = tmp_path / "train.json"
-    args = ["--train", "--seeds", "0", "--width", "4", "--epochs", "1", "--out", str(out)]
+    args = ["--train", "--data", str(sim), "--seeds", "0", "--width", "4", "--epochs", "1", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "input_resize.py"), *args],
         cwd=tmp_path,
@@ -51,6 +57,7 @@ def test_the_training_mode_trains_a_twin_per_resize_and_scores_it(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["preset"] == "tiny-144x256"
     assert [r["mode"] for r in result["runs"]] == ["bilinear", "area"]
     assert set(result["mean_over_seeds"]) == {"bilinear", "area"}
     for run in result["runs"]:
