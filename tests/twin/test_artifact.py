@@ -258,7 +258,7 @@ def test_a_batch_run_in_slices_gives_the_same_answers(tiny_behavior_artifact):
     (M, B, N) joined on their batch axis, and gradients too."""
     sliced = artifact.load(tiny_behavior_artifact, threads=2, rows_per_run=2).twin()
     whole = artifact.load(tiny_behavior_artifact, threads=2, rows_per_run=64).twin()
-    assert sliced.rows_per_run == 2 and whole.rows_per_run == 64
+    assert sliced.rows_per_run == sliced.gradient_rows_per_run == 2 and whole.rows_per_run == 64
     rng = np.random.default_rng(3)
     images = _images(5, whole.recording_image_size)
     behavior = rng.uniform(0, 1, (5, 3)).astype(np.float32)
@@ -288,11 +288,17 @@ def test_rows_per_run_follows_the_readout_size_on_cpu_and_is_checked(tiny_artifa
     assert artifact.default_rows_per_run(manifest, 10**6, cpu) == 1
     assert artifact.default_rows_per_run({}, 8000, cpu) == 4  # 64 channels where the manifest is silent
     assert artifact.default_rows_per_run(manifest, 8000, gpu) is None  # a GPU takes batches whole
+    # the gradient graph keeps its activations for the backward pass: fewer rows fill the cache
+    assert artifact.default_rows_per_run(manifest, 1000, cpu, gradient=True) == 4
+    assert artifact.default_rows_per_run(manifest, 8000, cpu, gradient=True) == 1
+    assert artifact.default_rows_per_run(manifest, 8000, gpu, gradient=True) is None
     monkeypatch.delenv("TWIN_ORT_ROWS_PER_RUN", raising=False)
     twin = artifact.load(tiny_artifact).twin("90001-1-1")
     assert twin.rows_per_run == artifact.default_rows_per_run(twin.artifact.manifest, 150, cpu)
+    assert twin.gradient_rows_per_run == max(1, twin.rows_per_run // artifact.GRADIENT_ROWS_DIVISOR)
     monkeypatch.setenv("TWIN_ORT_ROWS_PER_RUN", "3")
-    assert artifact.load(tiny_artifact).twin("90001-1-1").rows_per_run == 3
+    set_by_env = artifact.load(tiny_artifact).twin("90001-1-1")
+    assert set_by_env.rows_per_run == set_by_env.gradient_rows_per_run == 3  # both graphs
     assert artifact.load(tiny_artifact, rows_per_run=5).twin("90001-1-1").rows_per_run == 5  # argument first
     for bad in ("0", "many", "-2"):
         monkeypatch.setenv("TWIN_ORT_ROWS_PER_RUN", bad)
