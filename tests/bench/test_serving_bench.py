@@ -59,7 +59,7 @@ def test_quick_serving_bench_fills_every_row(tmp_path):
         if int(batch) > 16:
             _positive(row["ort_one_call"], "images_per_second", "calls")
             _positive(row["ort"], "speedup_vs_ort_one_call")
-    assert "in calls of 16 images vs one call" in done.stdout
+    assert "ONNX Runtime at 16 per call vs one call" in done.stdout
 
     # 2. gRPC vs in process at batch 1 and 32 with 1, 8 and 32 clients.
     assert sorted((r["batch"], r["clients"]) for r in result["grpc"]) == [
@@ -83,10 +83,13 @@ def test_quick_serving_bench_fills_every_row(tmp_path):
 
     # 4. Gradient through gRPC vs torch autograd (and in-process ORT), batch 1 and 32; same numbers.
     assert sorted(result["gradient"], key=int) == ["1", "32"]
-    for row in result["gradient"].values():
+    for batch, row in result["gradient"].items():
         for side in ("grpc", "torch", "ort_in_process"):
             _positive(row[side], "images_per_second", "seconds_median")
         _positive(row["grpc"], "speedup_vs_torch")
+        assert ("ort_one_call" in row) == (int(batch) > 16)  # TWIN_ORT_ROWS_PER_RUN sets both graphs
+        if int(batch) > 16:
+            _positive(row["ort_in_process"], "speedup_vs_ort_one_call")
         assert row["max_relative_difference_grpc_vs_torch"] < 1e-3
 
     names = [t["name"] for t in result["targets"]]
