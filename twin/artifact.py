@@ -3,6 +3,8 @@
 `load(path)` checks the manifest and the sha256 of every file it lists before anything runs, so a
 partial or tampered artifact is refused with the file named. `Artifact.twin(data_key)` gives an
 `OnnxTwin` with the interface every twin has (DESIGN.md §3): predict, predict_members, gradient, info.
+On CPU a large batch runs as consecutive ONNX Runtime calls of at most `rows_per_run` images (see
+`default_rows_per_run`): per image, one call of many images costs more there than calls of few.
 numpy and onnxruntime only; onnxruntime is imported on first use so `import twin` stays light.
 """
 
