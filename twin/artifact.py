@@ -129,9 +129,12 @@ def load(
         raise InvalidInput(f"threads: {threads!r}; expected an integer >= 1 or None")
     if rows_per_run is None and os.environ.get("TWIN_ORT_ROWS_PER_RUN"):
         text = os.environ["TWIN_ORT_ROWS_PER_RUN"].strip()
-        if not text.isdigit() or int(text) < 1:
+        try:
+            rows_per_run = int(text, 10)
+        except ValueError:
+            rows_per_run = 0
+        if rows_per_run < 1:
             raise InvalidInput(f"TWIN_ORT_ROWS_PER_RUN: {text!r}; expected an integer >= 1")
-        rows_per_run = int(text)
     if rows_per_run is not None and (
         isinstance(rows_per_run, bool) or not isinstance(rows_per_run, int) or rows_per_run < 1
     ):

@@ -300,7 +300,7 @@ def test_rows_per_run_follows_the_readout_size_on_cpu_and_is_checked(tiny_artifa
     set_by_env = artifact.load(tiny_artifact).twin("90001-1-1")
     assert set_by_env.rows_per_run == set_by_env.gradient_rows_per_run == 3  # both graphs
     assert artifact.load(tiny_artifact, rows_per_run=5).twin("90001-1-1").rows_per_run == 5  # argument first
-    for bad in ("0", "many", "-2"):
+    for bad in ("0", "many", "-2", "2.5", "\u00b2"):
         monkeypatch.setenv("TWIN_ORT_ROWS_PER_RUN", bad)
         with pytest.raises(InvalidInput, match="TWIN_ORT_ROWS_PER_RUN"):
             artifact.load(tiny_artifact)
