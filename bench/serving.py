@@ -801,6 +801,17 @@ def versions() -> dict:
     }
 
 
+def print_one_call(part: dict, side: str, rows: int | None) -> None:
+    """The lines of a part's batches where ONNX Runtime (`side`) ran in calls of `rows` beside one call."""
+    for batch, row in part.items():
+        if "ort_one_call" in row:
+            print(
+                f"  batch {batch}: ONNX Runtime at {rows} per call vs one call: "
+                f"{row[side]['images_per_second']:.1f} vs {row['ort_one_call']['images_per_second']:.1f} "
+                f"images/s ({row[side]['speedup_vs_ort_one_call']:.2f}x)"
+            )
+
+
 def print_table(result: dict) -> None:
     m, model = result["machine"], result["model"]
     print(
@@ -821,14 +832,7 @@ def print_table(result: dict) -> None:
             f"  {batch:>5} {row['ort']['images_per_second']:13.1f}{cells} "
             f"{row['ort']['speedup_vs_torch_best']:16.2f}x {row['max_relative_difference_vs_torch']:13.1e}"
         )
-    rows = result["config"].get("ort_rows_per_run")
-    for batch, row in result["engines"].items():
-        if "ort_one_call" in row:
-            print(
-                f"  batch {batch}: ONNX Runtime at {rows} per call vs one call: "
-                f"{row['ort']['images_per_second']:.1f} vs {row['ort_one_call']['images_per_second']:.1f} "
-                f"images/s ({row['ort']['speedup_vs_ort_one_call']:.2f}x)"
-            )
+    print_one_call(result["engines"], "ort", result["config"].get("ort_rows_per_run"))
 
     print("\n2. Predict: gRPC (own channel per client, server's default batching) vs in-process ONNX Runtime")
     print(
@@ -876,15 +880,7 @@ def print_table(result: dict) -> None:
             f"{row['ort_in_process']['speedup_vs_torch']:9.2f}x "
             f"{row['max_relative_difference_grpc_vs_torch']:13.1e}"
         )
-    rows = result["config"].get("ort_gradient_rows_per_run")
-    for batch, row in result["gradient"].items():
-        if "ort_one_call" in row:
-            print(
-                f"  batch {batch}: ONNX Runtime at {rows} per call vs one call: "
-                f"{row['ort_in_process']['images_per_second']:.1f} vs "
-                f"{row['ort_one_call']['images_per_second']:.1f} images/s "
-                f"({row['ort_in_process']['speedup_vs_ort_one_call']:.2f}x)"
-            )
+    print_one_call(result["gradient"], "ort_in_process", result["config"].get("ort_gradient_rows_per_run"))
 
     print("\ntargets:")
     for row in result["targets"]:
