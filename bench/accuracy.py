@@ -40,6 +40,9 @@ Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json
 after every finished cell ("complete": false until the last), so a run cut short keeps what it trained;
 `--resume` continues such a file: the same settings on the same data (checked: a file of another table
 is refused) keep its finished cells and train only the rest (its earlier runs are listed in the file).
+`--work DIR` keeps the trainings in DIR, named after what they train: a later table reuses the finished
+ones and continues those an interrupted table left from their members' last checkpoints, so a stopped
+`--resume --work DIR` run loses only the epochs it was in.
 `--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU);
 `--mei-steps N` shortens the MEIs' gradient ascent (default 100; a pipeline check needs a few).
 """
@@ -145,10 +148,12 @@ def trained_once(
     folder: Path,
     nproc: int,
     init_from: Path | None = None,
-) -> tuple[Path, bool]:
+) -> tuple[Path, bool, bool]:
     """The run training `model` on `paths`, trained by the first cell that needs it while the others
-    wait (a file lock: cells run in processes), and reused after: (run, reused). Cells of both tracks
-    share a pre-training this way, and the LN rows their one training."""
+    wait (a file lock: cells run in processes), and reused after: (run, reused, continued). Cells of both
+    tracks share a pre-training this way, and the LN rows their one training. A run that an earlier
+    process left unfinished in `folder` (stopped, killed) is continued from its members' last checkpoints
+    (`twin train --resume`): only the interrupted epochs are trained again."""
     spec = {"model": model.to_dict(), "paths": [str(p) for p in paths], "members": members}
     spec |= {"train": asdict(config), "init_from": None if init_from is None else str(init_from)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -157,9 +162,12 @@ def trained_once(
     with open(folder / f"{run.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if (run / "metrics.json").is_file():
-            return run, True
-        train_members(paths, model, run, members, config, init_from, nproc)
-    return run, False
+            return run, True, False
+        continued = (run / "run.json").is_file()  # started by an earlier process, which stopped
+        if continued:
+            print(f"continuing {run.name} from its members' checkpoints", flush=True)
+        train_members(paths, model, run, members, config, init_from, nproc, resume=continued)
+    return run, False, continued
 
 
 MEI_NEURONS, MEI_STEPS = 32, 100  # the in-silico MEI check: the recording's first 32 neurons
@@ -185,10 +193,15 @@ def run_ours(
     started = time.perf_counter()
     init_from, pretraining = None, None
     if pretrain:
-        init_from, reused = trained_once(image_only(model), pretrain, members, config, work, nproc)
-        pretraining = {"run": init_from.name, "reused": reused, **_members_training(init_from)}
+        init_from, reused, continued = trained_once(image_only(model), pretrain, members, config, work, nproc)
+        pretraining = {
+            "run": init_from.name,
+            "reused": reused,
+            "continued": continued,
+            **_members_training(init_from),
+        }
     pretraining_seconds = round(time.perf_counter() - started, 1)
-    run, reused = trained_once(model, paths, members, config, work, nproc, init_from)
+    run, reused, continued = trained_once(model, paths, members, config, work, nproc, init_from)
     recordings = json.loads((run / "run.json").read_text())["recordings"]
     key = next(k for k, p in recordings.items() if Path(p).resolve() == target.resolve())
     # The run's own test scores (metrics.json, scored on the training device when it finished): the
@@ -201,7 +214,8 @@ def run_ours(
         **_members_training(run),
         "pretrained_on": len(pretrain or []),
         "pretrained": pretraining,
-        "run": {"name": run.name, "reused": reused},
+        # continued: an earlier process trained part of it (then its seconds are those of the rest)
+        "run": {"name": run.name, "reused": reused, "continued": continued},
         # pre-training (or waiting for another cell's); then all: fine-tuning (or waiting) and scoring
         "pretraining_seconds": pretraining_seconds,
         "seconds": round(time.perf_counter() - started, 1),
@@ -276,10 +290,21 @@ def train_members(
     config: TrainConfig,
     init_from: Path | None,
     nproc: int,
+    resume: bool = False,
 ) -> None:
-    """training.run.train_run, in this process, or under torchrun as `twin train --nproc` when nproc > 1."""
+    """training.run.train_run, in this process, or under torchrun as `twin train --nproc` when nproc > 1;
+    resume: each member goes on from its last checkpoint in `out`."""
     if nproc <= 1 or members <= 1:
-        train_run(paths, model, out, members=members, config=config, progress=False, init_from=init_from)
+        train_run(
+            paths,
+            model,
+            out,
+            members=members,
+            config=config,
+            resume=resume,
+            progress=False,
+            init_from=init_from,
+        )
         return
     default = TrainConfig()
     changed = [f for f in _CLI_FIXED if getattr(config, f) != getattr(default, f)]
@@ -303,6 +328,7 @@ def train_members(
         amp=config.amp,
         channels_last=config.channels_last,
         init_from=init_from,
+        resume=resume,
     )
 
 
@@ -736,6 +762,7 @@ def _in_processes(cells: list, jobs: int, folder: Path) -> Iterator[tuple[str, s
             while pending and len(running) < jobs:
                 i, (row, track, function, kwargs) = pending.pop(0)
                 out = folder / f"{i}.json"
+                out.unlink(missing_ok=True)  # an earlier table's in a kept --work folder is not this cell's
                 process = spawn.Process(target=_cell_process, args=(function, kwargs, threads, out))
                 process.start()
                 running[process] = (row, track, out)

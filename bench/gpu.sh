@@ -17,6 +17,10 @@
 #   ABLATIONS=a,b    the ablation step's rows (bench/accuracy.py --ablation names; default all)
 #   RESUME=1         the accuracy step continues its result file (bench/accuracy.py --resume: finished
 #                    cells are kept, the rest trained), copied from bench/results/ when RESULTS is elsewhere
+#   WORK=DIR         keep the simulated preset and the accuracy and ablation steps' trainings in DIR
+#                    (default: a temporary folder, removed at the end): a later run on the same machine
+#                    simulates nothing again, reuses finished trainings and continues from their last
+#                    checkpoints those a stopped step left (with RESUME=1 the table goes on too)
 #   MPS=1            run the steps under CUDA MPS (started here, stopped at the end), so that the
 #                    accuracy step's processes share the GPU at once instead of taking turns
 #   ORT_GPU_WHEEL=F  install onnxruntime-gpu from this wheel file instead of the package index (1.31 is
@@ -60,7 +64,9 @@ run() {  # run NAME COMMAND...: log to $LOGS/NAME.log, stop it after LIMIT_<NAME
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 scratch=$(mktemp -d)
-data=$scratch/small
+work=${WORK:-$scratch}
+mkdir -p "$work" && work=$(cd "$work" && pwd)
+data=$work/small
 mps=0
 cleanup() {
     kill "$sampler" 2> /dev/null
@@ -81,7 +87,9 @@ if [[ ${MPS:-0} == 1 ]] && command -v nvidia-cuda-mps-control > /dev/null; then
         echo "CUDA MPS: could not start; going on without it"
     fi
 fi
-if wants train_speed || wants accuracy || wants ablation; then
+if [[ -f $data/simulation.json ]]; then
+    echo "== simulate: $data already holds the preset"
+elif wants train_speed || wants accuracy || wants ablation; then
     run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
 # 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
@@ -100,13 +108,13 @@ if wants accuracy; then
         fi
     fi
     run accuracy "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --single-from-ensemble --data "$data" \
-        --out "$RESULTS/accuracy-small-$gpu.json" "${resume[@]}"
+        --work "$work/accuracy" --out "$RESULTS/accuracy-small-$gpu.json" "${resume[@]}"
 fi
 # 2b. What each of twin's ingredients buys on `small`: one model per row, each without one ingredient,
 #     beside the full ensemble (whose members' spread is the noise a difference has to exceed).
 if wants ablation; then
     run ablation "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --rows twin,ensemble \
-        --ablation "${ABLATIONS:-all}" --single-from-ensemble --data "$data" \
+        --ablation "${ABLATIONS:-all}" --single-from-ensemble --data "$data" --work "$work/accuracy" \
         --out "$RESULTS/accuracy-small-ablation-$gpu.json"
 fi
 # 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.

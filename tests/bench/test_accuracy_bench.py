@@ -231,6 +231,57 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
     assert set(result["table"]["oracle"]) == {"sensorium", "sensorium+"}
 
 
+@pytest.mark.slow
+def test_a_stopped_table_continues_its_trainings_from_their_checkpoints(tiny_sim, tmp_path):
+    import torch
+
+    data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
+    out, work = tmp_path / "accuracy.json", tmp_path / "work"
+    args = _accuracy(data, out, "--rows", "ensemble", "--epochs", "5", "--members", "2", "--skip-in-silico")
+    args[args.index("--tracks") + 1] = "sensorium"
+    args += ["--width", "4", "--work", str(work)]  # plumbing, not figures
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (above)
+    )
+    # Stopped once the pre-training's members (torchrun, 2 processes) have checkpointed an epoch.
+    deadline = time.monotonic() + 300
+    checkpoints: list[Path] = []
+    while len(checkpoints) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        checkpoints = sorted(work.glob("runs/twin-2-*/members/member-*/checkpoint.pt"))
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    (pretraining,) = {c.parents[2] for c in checkpoints}
+    assert not (pretraining / "metrics.json").exists()  # stopped mid-way, not finished
+    kept = {}  # each member's epochs in its last checkpoint, as its log had them when it stopped
+    for checkpoint in checkpoints:
+        epochs = torch.load(checkpoint, weights_only=False)["state"]["epoch"]
+        assert 1 <= epochs < 5
+        kept[checkpoint.parent / "log.jsonl"] = (
+            (checkpoint.parent / "log.jsonl").read_text().splitlines()[:epochs]
+        )
+
+    again = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"continuing {pretraining.name} from its members' checkpoints" in again.stdout
+    for log, lines in kept.items():
+        after = log.read_text().splitlines()
+        # the checkpointed epochs are kept as they were (their own seconds); only the rest is trained
+        assert len(after) == 5 and after[: len(lines)] == lines, (lines, after)
+    cell = json.loads(out.read_text())["table"]["twin ensemble (2)"]["sensorium"]
+    assert cell["pretrained"]["run"] == pretraining.name and cell["pretrained"]["epochs"] == [5, 5]
+    assert cell["pretrained"]["continued"] and not cell["pretrained"]["reused"]
+    assert cell["run"]["continued"] is False and cell["epochs"] == [5, 5]  # the fine-tuning: started anew
+    assert (pretraining / "metrics.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
