@@ -1,5 +1,6 @@
 """bench/accuracy.py with cells in parallel processes: the table fills cell by cell, the single-model row
-can come from the ensemble's members, and an interrupted run leaves no training process behind.
+can come from the ensemble's members, and an interrupted run leaves no training process behind and
+continues its trainings from their checkpoints.
 
 Needs the train extra (torch); not the `bench` extra (the reference row is not selected here).
 """
@@ -190,10 +191,16 @@ def test_presets_that_resize_add_the_resize_row_and_only_it_switches_to_bilinear
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp_path):
+def test_a_stopped_table_stops_every_trainer_keeps_its_file_and_continues_from_checkpoints(
+    tiny_sim, tmp_path
+):
+    import torch
+
     data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
-    out = tmp_path / "accuracy.json"
-    args = _accuracy(data, out, "--rows", "ln,ensemble", "--epochs", "200", "--members", "2")
+    out, work = tmp_path / "accuracy.json", tmp_path / "work"
+    args = _accuracy(data, out, "--rows", "ensemble", "--epochs", "5", "--members", "2", "--skip-in-silico")
+    args[args.index("--tracks") + 1] = "sensorium"
+    args += ["--width", "4", "--work", str(work)]  # plumbing, not figures
     proc = subprocess.Popen(
         args,
         cwd=tmp_path,
@@ -203,11 +210,15 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
         # as from a terminal: a command started in the background of a shell inherits SIGINT ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    # Stopped once the pre-training's members have checkpointed an epoch: `twin train --nproc 2`,
+    # torchrun and two workers are running then.
     deadline = time.monotonic() + 300
-    # until the ensemble's members train: its `twin train --nproc 2`, torchrun and two workers
-    while not (out.is_file() and len(processes_naming(str(data))) >= 4):
+    checkpoints: list[Path] = []
+    while len(checkpoints) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.2)
+        checkpoints = sorted(work.glob("runs/twin-2-*/members/member-*/checkpoint.pt"))
+        time.sleep(0.05)
+    assert len(processes_naming(str(data))) >= 4
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=180)
@@ -225,39 +236,10 @@ def test_an_interrupted_run_stops_every_trainer_and_keeps_its_file(tiny_sim, tmp
     deadline = time.monotonic() + 60
     while processes_naming(str(data)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert processes_naming(str(data)) == []
+    assert processes_naming(str(data)) == []  # nothing keeps training after the table stopped
     result = json.loads(out.read_text())  # the file of a run cut short: valid, and says so
     assert not result["complete"] and result["table"]["twin ensemble (2)"] == {}
     assert set(result["table"]["oracle"]) == {"sensorium", "sensorium+"}
-
-
-@pytest.mark.slow
-def test_a_stopped_table_continues_its_trainings_from_their_checkpoints(tiny_sim, tmp_path):
-    import torch
-
-    data = shutil.copytree(tiny_sim, tmp_path / "sim")  # a path no other process names
-    out, work = tmp_path / "accuracy.json", tmp_path / "work"
-    args = _accuracy(data, out, "--rows", "ensemble", "--epochs", "5", "--members", "2", "--skip-in-silico")
-    args[args.index("--tracks") + 1] = "sensorium"
-    args += ["--width", "4", "--work", str(work)]  # plumbing, not figures
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (above)
-    )
-    # Stopped once the pre-training's members (torchrun, 2 processes) have checkpointed an epoch.
-    deadline = time.monotonic() + 300
-    checkpoints: list[Path] = []
-    while len(checkpoints) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        checkpoints = sorted(work.glob("runs/twin-2-*/members/member-*/checkpoint.pt"))
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=180)
-    assert proc.returncode != 0
     (pretraining,) = {c.parents[2] for c in checkpoints}
     assert not (pretraining / "metrics.json").exists()  # stopped mid-way, not finished
     kept = {}  # each member's epochs in its last checkpoint, as its log had them when it stopped
