@@ -208,14 +208,19 @@ def main() -> None:
     out = args.out or ROOT / "bench" / "results" / f"input_resize-{preset}.json"
     write_json(out, result)
     modes = [k for k in rows[0] if isinstance(rows[0][k], dict)]
-    columns = ["mean", "p10", *(f"period {lo}-{hi}" for lo, hi in PERIOD_BANDS)]
     print(f"truth through the model's input vs the neurons' own input, correlation per neuron ({preset})")
     for row in rows:
         print(f"  {row['data_key']} ({row['images']} images, {row['image_size'][0]}x{row['image_size'][1]})")
-        print("    " + " ".join(f"{c:>12}" for c in ["resize", *columns]))
-        for mode in modes:
-            print(f"    {mode[:12]:>12} " + " ".join(f"{row[mode][c]:>12.4f}" for c in columns))
+        print_bands(row, "resize", modes, digits=4)
     print(f"wrote {out}")
+
+
+def print_bands(row: dict, label: str, keys: list[str], digits: int) -> None:
+    """One line per key of `row`: its mean, 10th percentile and mean per period band."""
+    columns = ["mean", "p10", *(f"period {lo}-{hi}" for lo, hi in PERIOD_BANDS)]
+    print("    " + " ".join(f"{c:>12}" for c in [label, *columns]))
+    for key in keys:
+        print(f"    {key[:12]:>12} " + " ".join(f"{row[key][c]:>12.{digits}f}" for c in columns))
 
 
 if __name__ == "__main__":
