@@ -76,13 +76,13 @@ def measure(folder: Path, sim: Path, n_images: int) -> dict:
     period = truth.population.period
     out = {"data_key": recording.data_key, "image_size": list(recording.image_shape), "images": len(images)}
     for mode, x in inputs.items():
-        rho = correlation(truth(x[:, None]), own)  # (N,) over images
-        out[mode] = {
-            "mean": float(rho.mean()),
-            "p10": float(np.percentile(rho, 10)),
-            **_period_bands(rho, period),
-        }
+        out[mode] = summary(correlation(truth(x[:, None]), own), period)  # per neuron, over images
     return out
+
+
+def summary(rho: np.ndarray, period: np.ndarray) -> dict[str, float]:
+    """Correlations per neuron (N,): their mean, 10th percentile and mean per band of preferred period."""
+    return {"mean": float(rho.mean()), "p10": float(np.percentile(rho, 10)), **_period_bands(rho, period)}
 
 
 TRAIN_PRESET = replace(PRESETS["tiny"], name="tiny-144x256", image_size=(144, 256))

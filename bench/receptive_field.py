@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the packages beside bench/
     sys.path.insert(0, str(ROOT))
 
-from input_resize import _period_bands, _simulation, print_bands  # noqa: E402
+from input_resize import _simulation, print_bands, summary  # noqa: E402
 from simulate import machine  # noqa: E402
 
 from twin.atomic import write_json  # noqa: E402
@@ -51,20 +51,17 @@ def neurons(population: Population, idx: np.ndarray) -> Population:
     return replace(population, **per_neuron)
 
 
-def windowed(population: Population, grid: np.ndarray, width: int | None) -> np.ndarray:
+def windowed(population: Population, grid: np.ndarray, width: int) -> np.ndarray:
     """(B, N) normalized drive of contrast images `grid` (B, H, W), each neuron seeing only the width x
-    width square around its centre (None: the whole image); the rest is at mean luminance (0)."""
+    width square around its centre; the rest is at mean luminance (0)."""
     b, h, w = grid.shape
     yy, xx = np.mgrid[0:h, 0:w]
     out = np.empty((b, population.n_neurons), np.float32)
     for start in range(0, population.n_neurons, _CHUNK):
         idx = np.arange(start, min(start + _CHUNK, population.n_neurons))
         sub = neurons(population, idx)
-        if width is None:
-            mask = np.ones((len(idx), h, w), np.float32)
-        else:
-            cx, cy = sub.center[:, 0, None, None], sub.center[:, 1, None, None]
-            mask = ((np.abs(xx - cx) <= width / 2) & (np.abs(yy - cy) <= width / 2)).astype(np.float32)
+        cx, cy = sub.center[:, 0, None, None], sub.center[:, 1, None, None]
+        mask = ((np.abs(xx - cx) <= width / 2) & (np.abs(yy - cy) <= width / 2)).astype(np.float32)
         masked = (grid[:, None] * mask[None]).reshape(-1, h, w)  # (B * n, H, W): image b for neuron j
         drive = sub.drive(masked, sub.filters()).reshape(b, len(idx), len(idx))
         out[:, idx] = drive[:, np.arange(len(idx)), np.arange(len(idx))]
@@ -76,15 +73,11 @@ def measure(folder: Path, sim: Path, n_images: int, widths: list[int]) -> dict:
     population = GroundTruth.load(sim, recording.data_key).population
     images = np.asarray(recording.images[:n_images], np.float32)[:, 0]
     grid = to_contrast(resample_to_grid(images))  # what the neurons see: area-averaged onto the grid
-    whole = windowed(population, grid, None)
+    whole = population.drive(grid, population.filters())  # every neuron sees the whole image
     out: dict = {"data_key": recording.data_key, "images": len(images), "neurons": population.n_neurons}
     for width in widths:
         rho = correlation(windowed(population, grid, width), whole)  # (N,) over images
-        out[str(width)] = {
-            "mean": float(np.nanmean(rho)),
-            "p10": float(np.nanpercentile(rho, 10)),
-            **_period_bands(rho, population.period),
-        }
+        out[str(width)] = summary(rho, population.period)
     return out
 
 

@@ -36,15 +36,15 @@ def test_a_window_over_the_whole_grid_is_the_truth_and_smaller_windows_lose_coar
     assert result["core_receptive_field_px"]["cnn"] == 27 and result["core_receptive_field_px"]["twin"] == 25
 
 
-def test_the_whole_image_view_is_the_populations_own_drive(tiny_sim, tiny_paths):
+def test_a_window_over_the_whole_grid_gives_the_populations_own_drive(tiny_sim, tiny_paths):
     module = bench_module("receptive_field")
     truth = GroundTruth.load(tiny_sim, "90001-1-1")
     images = np.asarray(load_recording(tiny_paths["90001-1-1"], progress=False).images[:8], np.float32)[:, 0]
     grid = to_contrast(resample_to_grid(images))
     population = truth.population
-    # neuron by neuron in chunks (each with its own copy of the image) = all neurons at once
+    # neuron by neuron in chunks (each with its own copy of the image, here all of it) = all neurons at once
     np.testing.assert_allclose(
-        module.windowed(population, grid, None), population.drive(grid, population.filters()), rtol=1e-5
+        module.windowed(population, grid, 129), population.drive(grid, population.filters()), rtol=1e-5
     )
 
 
