@@ -52,3 +52,10 @@ def run_main(script: Path, args: list[str], monkeypatch, capsys) -> tuple[int, s
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     return code, capsys.readouterr().err
+
+
+def assert_refused(script: Path, args: list[str], message: str, folder: Path, monkeypatch, capsys) -> None:
+    """`python SCRIPT ARGS...` (run_main) exits 2 with `message` on stderr, before writing into `folder`."""
+    code, stderr = run_main(script, args, monkeypatch, capsys)
+    assert code == 2 and message in stderr, stderr[-2000:]
+    assert not list(folder.iterdir())  # refused before anything was written

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import bench_module, processes_naming, run_main
+from tests.helpers import assert_refused, bench_module, processes_naming, run_main
 
 pytest.importorskip("torch", reason="torch: needs the train extra")
 
@@ -293,9 +293,7 @@ def test_bad_options_are_refused_naming_the_option(
 ):
     monkeypatch.chdir(tmp_path)
     args = ["--quick", "--data", str(tiny_sim), option, value]
-    code, stderr = run_main(ROOT / "bench" / "accuracy.py", args, monkeypatch, capsys)
-    assert code == 2 and message in stderr, stderr[-2000:]
-    assert not list(tmp_path.iterdir())  # refused before anything was written
+    assert_refused(ROOT / "bench" / "accuracy.py", args, message, tmp_path, monkeypatch, capsys)
 
 
 def test_a_work_folder_that_is_a_file_is_refused(tiny_sim, tmp_path, monkeypatch, capsys):
