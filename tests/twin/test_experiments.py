@@ -135,6 +135,18 @@ def test_grating_patches_put_a_grating_of_each_diameter_on_each_centre():
         grating_patches((36, 64), [[1.0, 1.0]], [0.0, 1.0], [8.0], [4.0], [0.0], gray=120, amplitude=5)
 
 
+def test_the_ground_truth_twin_answers_the_neurons_asked_for(truth_twin):
+    images = np.random.default_rng(0).integers(0, 256, (3, 36, 64)).astype(np.float32)
+    every, spread = truth_twin.predict(images)
+    assert every.shape == spread.shape == (3, 150) and not spread.any()
+    ids = truth_twin.neuron_ids[[5, 0, 149]]
+    some, spread = truth_twin.predict(images, neurons=ids)
+    assert some.shape == spread.shape == (3, 3)  # the spread too: one column per neuron asked for
+    np.testing.assert_allclose(some, every[:, [5, 0, 149]], rtol=1e-5, atol=1e-7)
+    with pytest.raises(InvalidInput, match="neurons: id"):
+        truth_twin.predict(images, neurons=[int(truth_twin.neuron_ids.max()) + 1])
+
+
 def test_ground_truth_tuning_recovers_each_neurons_orientation_and_period(truth_twin):
     tuning = orientation_tuning(truth_twin)
     assert tuning.responses.shape == (16, 5, 8, 150)

@@ -153,6 +153,21 @@ def test_ground_truth_answers_new_images_of_any_size(tiny_sim, recordings):
         GroundTruth.load(tiny_sim, "12345-1-1")
 
 
+def test_ground_truth_of_some_neurons_is_their_columns_of_all(tiny_sim, recordings):
+    truth = GroundTruth.load(tiny_sim, "90002-1-1")
+    rec = recordings["90002-1-1"]
+    idx = rec.tier_indices("train")[:12]
+    args = (rec.images[idx], rec.behavior[idx], rec.pupil_center[idx])  # behaviour and eye shifts too
+    every = truth(*args)
+    for columns in ([7], [149, 0, 3, 3], np.arange(150)[::-1]):
+        some = truth(*args, columns=np.asarray(columns))
+        assert some.shape == (12, len(columns))
+        np.testing.assert_allclose(some, every[:, columns], rtol=1e-5, atol=1e-7)
+    for columns, message in (([], "non-empty"), ([0.5], "neuron indices"), ([150], r"in \[0, 150\)")):
+        with pytest.raises(InvalidInput, match=f"columns: .*{message}"):
+            truth(*args, columns=np.asarray(columns))
+
+
 def _grating(orientation: float, period: float, phase: float, contrast: float = 0.9) -> np.ndarray:
     yy, xx = np.mgrid[0 : GRID[0], 0 : GRID[1]]
     along = xx * np.cos(orientation) + yy * np.sin(orientation)

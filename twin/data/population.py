@@ -29,6 +29,8 @@ GRID = (36, 64)  # (H, W) of the retinal grid
 _PIXEL_MEAN, _PIXEL_STD = 120.0, 55.0  # raw pixel units -> luminance contrast
 _POOL_PERIODS = (4.0, 8.0, 16.0)  # normalization pool: untuned bands spanning the neurons' periods
 _PAD = 8  # zero padding (mean luminance) around the grid for FFT filtering and eye shifts
+# Population fields that describe the recording, not one neuron each
+_RECORDING_CONSTANTS = ("behavior_mean", "behavior_std", "eye_center", "eye_to_grid")
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +71,18 @@ class Population:
     def load(cls, path: Path) -> Population:
         with np.load(path, allow_pickle=False) as data:
             return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    def subset(self, columns: np.ndarray) -> Population:
+        """The neurons at `columns` (indices into the N neurons), with the recording's constants."""
+        n = self.n_neurons
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name)[columns]
+                for f in fields(self)
+                if f.name not in _RECORDING_CONSTANTS and getattr(self, f.name).shape[:1] == (n,)
+            },
+        )
 
     def filters(self) -> np.ndarray:
         """(P, 2N) float32: the even and odd Gabor of every neuron, zero-mean, unit norm."""

@@ -358,13 +358,31 @@ class GroundTruth:
         images: np.ndarray,
         behavior: np.ndarray | None = None,
         pupil_center: np.ndarray | None = None,
+        *,
+        columns: np.ndarray | None = None,
     ) -> np.ndarray:
         """Expected responses (B, N) to raw-pixel images (B, 1, H, W); behaviour in raw units.
 
         Without behaviour the gain is the one at the session's mean behaviour; without pupil centre the
-        eye is at rest (no image shift).
+        eye is at rest (no image shift). `columns` (indices into the N neurons): only those neurons are
+        computed, (B, len(columns)): experiments that show each neuron its own stimuli (size tuning) ask
+        for a few neurons per image, and a neuron's filtering costs as much as the rest of the model.
         """
-        return self.population.expected_responses(images, behavior, pupil_center, filters=self.filters())
+        if columns is None:
+            return self.population.expected_responses(images, behavior, pupil_center, filters=self.filters())
+        columns = np.asarray(columns)
+        n = self.n_neurons
+        if columns.ndim != 1 or columns.size == 0 or columns.dtype.kind not in "iu":
+            raise InvalidInput(
+                f"columns: {columns.dtype} array of shape {columns.shape}; expected a non-empty 1-d array "
+                "of neuron indices"
+            )
+        if columns.min() < 0 or columns.max() >= n:
+            raise InvalidInput(f"columns: indices up to {columns.max()}; expected indices in [0, {n})")
+        filters = self.filters()[:, np.concatenate([columns, columns + n])]  # their even, then odd Gabors
+        return self.population.subset(columns).expected_responses(
+            images, behavior, pupil_center, filters=filters
+        )
 
     def filters(self) -> np.ndarray:
         """(P, 2N) the neurons' even and odd Gabors on the 36 x 64 grid (Population.filters), made once."""

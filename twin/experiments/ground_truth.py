@@ -103,8 +103,9 @@ class GroundTruthTwin:
             name: None if value is None else np.asarray(value, np.float32)
             for name, value in (("behavior", behavior), ("pupil_center", pupil_center))
         }
-        mean = self._truth(a, **extra)
-        return mean[:, neuron_columns(self._columns, neurons, self.data_key)], np.zeros_like(mean)
+        columns = neuron_columns(self._columns, neurons, self.data_key)
+        mean = self._truth(a, **extra, columns=None if isinstance(columns, slice) else columns)
+        return mean, np.zeros_like(mean)
 
     def natural_images(self) -> np.ndarray:
         """The recording's distinct images (repeats once), (n, H, W) raw pixels: what an MEI should beat."""
