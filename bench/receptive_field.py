@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +37,7 @@ from twin.data.population import GRID, Population, resample_to_grid, to_contrast
 from twin.data.simulation import GroundTruth  # noqa: E402
 from twin.metrics import correlation  # noqa: E402
 
-# Population fields that belong to the recording, not to a neuron
-_SHARED = frozenset({"behavior_mean", "behavior_std", "eye_center", "eye_to_grid"})
 _CHUNK = 25  # neurons at a time: each sees its own windowed copy of every image
-
-
-def neurons(population: Population, idx: np.ndarray) -> Population:
-    """The sub-population of neurons `idx`."""
-    per_neuron = {
-        f.name: getattr(population, f.name)[idx] for f in fields(population) if f.name not in _SHARED
-    }
-    return replace(population, **per_neuron)
 
 
 def windowed(population: Population, grid: np.ndarray, width: int) -> np.ndarray:
@@ -59,7 +48,7 @@ def windowed(population: Population, grid: np.ndarray, width: int) -> np.ndarray
     out = np.empty((b, population.n_neurons), np.float32)
     for start in range(0, population.n_neurons, _CHUNK):
         idx = np.arange(start, min(start + _CHUNK, population.n_neurons))
-        sub = neurons(population, idx)
+        sub = population.subset(idx)
         cx, cy = sub.center[:, 0, None, None], sub.center[:, 1, None, None]
         mask = ((np.abs(xx - cx) <= width / 2) & (np.abs(yy - cy) <= width / 2)).astype(np.float32)
         masked = (grid[:, None] * mask[None]).reshape(-1, h, w)  # (B * n, H, W): image b for neuron j
