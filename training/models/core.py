@@ -157,15 +157,20 @@ class Core(nn.Module):
         return index * c.input_stride - padding + (c.input_kernel - 1) / 2
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.layer_outputs(images)[-1]  # (B, C, H', W')
+
+    def layer_outputs(self, images: Tensor) -> list[Tensor]:
+        """Every layer's output (B, C, H', W'), the first conv's first; the readout reads the last."""
         features = self.input_layer(images)  # (B, C, H', W')
-        if self.config.kind == "resnet":
-            for block in self.hidden_layers:
-                features = block(features)  # (B, C, H', W'), skips inside the block
-            return features
+        outputs = [features]
         for layer in self.hidden_layers:
-            out = layer(features)  # (B, C, H', W')
-            features = features + out if self.config.residual else out
-        return features
+            if self.config.kind == "resnet":
+                features = layer(features)  # (B, C, H', W'), skips inside the block
+            else:
+                out = layer(features)  # (B, C, H', W')
+                features = features + out if self.config.residual else out
+            outputs.append(features)
+        return outputs
 
     def regularizer(self) -> Tensor:
         """laplace_weight * LaplaceL2norm of the first conv's kernels (Stacked2dCore.regularizer)."""

@@ -1,0 +1,90 @@
+"""bench/readout_form.py: a trained run's readout trained again on its frozen core, in several forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import assert_refused, bench_module, run_main
+from training.run import load_members, load_tensors
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "readout_form.py"
+KEY = "90001-1-1"
+
+
+def test_every_form_starts_as_the_trained_readout(tiny_run, tiny_paths):
+    bench = bench_module("readout_form")
+    description, (net,) = load_members(tiny_run)
+    d = load_tensors([tiny_paths[KEY]], resize=net.config.input_resize)[KEY]
+    with torch.no_grad():
+        layers = net.core.layer_outputs(net.inputs(d.images[:16]))
+        assert torch.equal(layers[-1], net.core(net.inputs(d.images[:16])))  # forward is the last layer
+        every = torch.cat(layers, 1)  # (16, 2 layers x 8 channels, H', W')
+        trained = F.elu(net.readouts[KEY](layers[-1])) + 1
+        assert torch.allclose(trained, net(d.images[:16], KEY), atol=1e-6)
+        for form in bench.FORMS:
+            model = bench.build_form(
+                form, net.readouts[KEY], description["coordinates"][KEY], every.shape[1:]
+            )
+            expected = trained
+            if form == "divisive":  # a constant gain at the start: the same correlations
+                expected = trained / (1 + F.softplus(torch.tensor(-4.0)))
+            if form == "output":  # + 0.0025 of each compressive term
+                expected = trained + sum(
+                    F.softplus(torch.tensor(-6.0)) * t * torch.log1p(trained / t) for t in bench.TAUS
+                )
+            assert torch.allclose(model(every, False), expected, rtol=1e-5, atol=1e-6), form
+    # the output nonlinearity is monotone and stays so however it is trained
+    output = bench._modules()[2](3)
+    with torch.no_grad():
+        output.theta.copy_(torch.randn(output.theta.shape) * 3)
+        y = torch.linspace(0, 20, 200)[:, None].expand(-1, 3)
+        assert torch.all(torch.diff(output(y), dim=0) > 0)
+
+
+def test_the_bench_retrains_each_form_and_scores_it_against_the_truth(
+    tiny_run, tiny_paths, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "readout_form.json"
+    args = ["--run", str(tiny_run), "--data", str(tiny_paths[KEY]), "--epochs", "2", "--out", str(out)]
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "readout_form" and result["data_key"] == KEY and result["epochs"] == 2
+    assert result["model"] == "cnn-tiny" and result["member_training"]["epochs"] == 1
+    assert result["features"][0] == 16  # both layers' 8 channels, for the `layers` form
+    assert result["trials"] == {"train": 720, "validation": 80, "test": 1000}
+    assert list(result["forms"]) == ["as trained", "output", "divisive", "layers"]
+    for form, scores in result["forms"].items():
+        for metric in ("validation_correlation", "single_trial_correlation", "correlation_to_average"):
+            assert -1 <= scores[metric] <= 1, (form, metric)
+        # the simulation was found beside the recording: the noise-free truth scores each form
+        assert -1 <= scores["correlation_with_truth"] <= 1
+    assert "correlation_with_truth" in json.dumps(result) and "machine" in result
+    assert np.isfinite([s["correlation_to_average"] for s in result["forms"].values()]).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--forms", "as trained,mlp"], "--forms: 'as trained,mlp'; expected distinct names"),
+        (["--forms", "output,output"], "expected distinct names"),
+        (["--epochs", "0"], "--epochs: 0; expected >= 1"),
+        (["--lr", "0"], "--lr: 0.0; expected > 0"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(
+    tiny_run, tiny_paths, tmp_path, monkeypatch, capsys, extra, message
+):
+    args = ["--run", str(tiny_run), "--data", str(tiny_paths[KEY]), "--out", str(tmp_path / "r.json"), *extra]
+    assert_refused(SCRIPT, args, message, tmp_path, monkeypatch, capsys)
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tiny_paths, tmp_path, monkeypatch, capsys):
+    args = ["--run", str(tmp_path), "--data", str(tiny_paths[KEY]), "--out", str(tmp_path / "r.json")]
+    assert_refused(SCRIPT, args, "is not a training run (no run.json)", tmp_path, monkeypatch, capsys)
