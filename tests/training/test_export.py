@@ -324,6 +324,31 @@ def test_wide_stride_one_layers_differentiate_as_conv_and_a_strided_one_as_conv_
         )
 
 
+def test_a_core_with_divisive_normalization_exports_with_its_gradient(tiny_paths, tmp_path):
+    """The normalization's squares, pooled convolutions and rsqrt, in the responses and the gradient."""
+    base = get_config("twin")
+    core = replace(base.core, channels=16, layers=2, normalization=True, normalization_kernel=5)
+    run = tmp_path / "run"
+    train_run([tiny_paths["90001-1-1"]], replace(base, core=core), run, config=FAST, progress=False)
+    out = export_run(run, tmp_path / "artifact")
+    ops = [node.op_type for node in onnx.load(out / "responses-90001-1-1.onnx").graph.node]
+    assert "Sqrt" in ops or "Rsqrt" in ops or "Pow" in ops, ops
+    nets, pre = _torch_ensemble(run, "90001-1-1")
+    twin = artifact.load(out, threads=2).twin()
+    for batch in (1, 4):
+        x = _inputs(pre, batch, pre.image_size, batch)
+        with torch.no_grad():
+            images = torch.from_numpy(x["images"].astype(np.float32))
+            expected = _reference(nets, pre, "90001-1-1", x, images).numpy()
+        _close(twin.predict_members(x["images"]), expected)
+        weights = np.random.default_rng(batch).normal(size=(batch, 150)).astype(np.float32)
+        _close(
+            twin.gradient(x["images"], weights),
+            _reference_gradient(nets, pre, "90001-1-1", x, weights),
+            GRADIENT_RTOL,
+        )
+
+
 def _fake_export_key(nets, key, pre, folder, opset):
     """Stands in for the slow ONNX export in tests of the folder handling."""
     files = {"responses": f"responses-{key}.onnx", "gradient": f"gradient-{key}.onnx"}

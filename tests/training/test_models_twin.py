@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from training.models import CoreConfig, ModelConfig, ReadoutConfig, RecordingShape, build, get_config
-from training.models.core import Core, ResidualBlock, laplace_l2norm
+from training.models.core import Core, DivisiveNormalization, ResidualBlock, laplace_l2norm
 from training.models.inputs import InputChannels, centered_copy, sobel_gradients
 from training.models.modulator import MAX_LOG_GAIN, Modulator
 from twin.errors import InvalidInput
@@ -120,6 +120,8 @@ def test_each_ingredient_on_and_off_builds_and_trains(flags):
         {"kind": "resnet", "dropout": 0.0},
         {"kind": "resnet", "depthwise": True, "hidden_kernel": 5},
         {"kind": "resnet", "channels": 6, "layers": 4},
+        {"kind": "resnet", "normalization": True},
+        {"kind": "cnn", "normalization": True, "normalization_kernel": 3},
     ],
 )
 def test_core_variants_build_and_run(core):
@@ -128,6 +130,61 @@ def test_core_variants_build_and_run(core):
     out = run(model, inputs(shape=SMALL))
     out.sum().backward()
     assert out.shape == (B, KEYS[KEY])
+
+
+# --- divisive normalization -----------------------------------------------------------------------
+
+
+def _trained_like(norm: DivisiveNormalization, seed: int) -> DivisiveNormalization:
+    """Parameters away from their uniform start, so that channels and pool taps differ."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    return norm
+
+
+def test_divisive_normalization_divides_each_channel_by_its_pooled_energy():
+    """Against the formula in float64 numpy: y_c = x_c / sqrt(beta_c + sum_d gamma_cd (k_c * x_d^2)),
+    the pool k_c zero-padded and the product of its softplus column and row."""
+    c, k = 3, 5
+    norm = _trained_like(DivisiveNormalization(c, k), seed=0)
+    x = torch.randn(2, c, 7, 9, generator=torch.Generator().manual_seed(1))
+    softplus = lambda t: np.log1p(np.exp(t.detach().double().numpy()))  # noqa: E731
+    gamma, beta = softplus(norm.raw_gamma), softplus(norm.raw_beta) + 1e-3
+    pool = (
+        softplus(norm.raw_pool_y)[:, 0, :, 0, None] * softplus(norm.raw_pool_x)[:, 0, 0, None, :]
+    )  # (c,k,k)
+    xs = x.double().numpy()
+    mixed = np.einsum("cd,bdyx->bcyx", gamma, xs**2)
+    padded = np.pad(mixed, ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    energy = np.zeros_like(mixed)
+    for dy in range(k):
+        for dx in range(k):
+            energy += pool[None, :, dy, dx, None, None] * padded[:, :, dy : dy + 7, dx : dx + 9]
+    expected = xs / np.sqrt(beta[None, :, None, None] + energy)
+    np.testing.assert_allclose(norm(x).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divisive_normalization_saturates_with_contrast_and_is_linear_at_low_contrast():
+    norm = _trained_like(DivisiveNormalization(4, 5), seed=2)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        high, higher = norm(100 * x), norm(1000 * x)
+        low = norm(1e-4 * x)
+        beta = F.softplus(norm.raw_beta) + 1e-3
+    # scaling the input 10x at high contrast leaves the output (a ratio) nearly unchanged ...
+    assert torch.allclose(high, higher, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(norm(x), higher, rtol=1e-2)
+    # ... and at low contrast the energy vanishes: y = x / sqrt(beta)
+    torch.testing.assert_close(low, 1e-4 * x / beta.sqrt()[None, :, None, None], rtol=1e-4, atol=0)
+
+
+def test_normalization_sits_in_the_first_layer_before_its_elu():
+    core = Core(CoreConfig(kind="resnet", in_channels=1, channels=4, layers=2, normalization=True))
+    kinds = [type(m) for m in core.input_layer]
+    assert kinds == [torch.nn.Conv2d, torch.nn.BatchNorm2d, DivisiveNormalization, torch.nn.ELU]
+    assert not any(isinstance(m, DivisiveNormalization) for m in Core(CoreConfig()).modules())
 
 
 # --- resnet core -----------------------------------------------------------------------------------
@@ -343,6 +400,9 @@ def test_old_state_dicts_still_load():
         (lambda: replace(get_config("twin_behavior"), behavior_channels=False), "core.in_channels"),
         (lambda: CoreConfig(kind="resnet", residual="no"), "residual"),
         (lambda: CoreConfig(kind="densenet"), "kind"),
+        (lambda: CoreConfig(normalization="yes"), "normalization"),
+        (lambda: CoreConfig(normalization=True, normalization_kernel=4), "normalization_kernel"),
+        (lambda: CoreConfig(normalization_kernel=0), "normalization_kernel"),
         (
             lambda: ModelConfig(name="x", core=CoreConfig(), readout=ReadoutConfig(), input_centered=True),
             "core.in_channels",

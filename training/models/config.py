@@ -69,6 +69,9 @@ class CoreConfig:
     "resnet" and False otherwise, so a stored config always holds the resolved bool.
     input_stride: the winners used a strided 4x4 first conv on the 144 x 256 images instead of resizing;
     on our 36 x 64 images stride 1 keeps the baseline's feature resolution.
+    normalization: divide the first layer's linear responses (after batch norm, before ELU) by the
+    energy of all its channels pooled over a normalization_kernel x normalization_kernel window
+    (core.DivisiveNormalization; not in the baseline).
     """
 
     kind: str = "cnn"
@@ -84,17 +87,28 @@ class CoreConfig:
     residual: bool | None = None
     laplace_weight: float = 6.3831
     batch_norm_momentum: float = 0.1
+    normalization: bool = False
+    normalization_kernel: int = 13
 
     def __post_init__(self) -> None:
         if self.kind not in CORE_KINDS:
             raise InvalidInput(f"kind: {self.kind!r}; expected one of {list(CORE_KINDS)}")
         if self.residual is None:
             object.__setattr__(self, "residual", self.kind == "resnet")
-        for name in ("in_channels", "channels", "layers", "input_kernel", "hidden_kernel", "input_stride"):
+        for name in (
+            "in_channels",
+            "channels",
+            "layers",
+            "input_kernel",
+            "hidden_kernel",
+            "input_stride",
+            "normalization_kernel",
+        ):
             _check_int(self, name, 1)
-        if self.hidden_kernel % 2 == 0:
-            raise InvalidInput(f"hidden_kernel: {self.hidden_kernel}; expected an odd size ('same' padding)")
-        for name in ("depthwise", "pad_input", "residual"):
+        for name in ("hidden_kernel", "normalization_kernel"):
+            if getattr(self, name) % 2 == 0:
+                raise InvalidInput(f"{name}: {getattr(self, name)}; expected an odd size ('same' padding)")
+        for name in ("depthwise", "pad_input", "residual", "normalization"):
             _check_bool(self, name)
         if self.pad_input and self.input_kernel % 2 == 0:
             raise InvalidInput(f"input_kernel: {self.input_kernel}; expected an odd size with pad_input=True")

@@ -3,7 +3,8 @@
 kinds "cnn" / "linear" match neuralpredictors' Stacked2dCore as the SENSORIUM 2022 baseline configures
 it (stack=-1: only the last layer's features go to the readout; depth_separable=True; LaplaceL2norm on
 the first layer). kind "resnet" keeps that first layer and stacks residual blocks after it, as the
-SENSORIUM winners' ResNet-style cores did.
+SENSORIUM winners' ResNet-style cores did. Any kind can divide its first layer's linear responses by
+their pooled local energy (`normalization`, DivisiveNormalization).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from training.models.config import CoreConfig
 
-__all__ = ["Core", "ResidualBlock", "laplace_l2norm"]
+__all__ = ["Core", "DivisiveNormalization", "ResidualBlock", "laplace_l2norm"]
 
 # neuralpredictors.regularizers.laplace(): the 5-point discrete Laplacian.
 _LAPLACE = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
@@ -32,6 +33,43 @@ def laplace_l2norm(weight: Tensor) -> Tensor:
     kernels = weight.reshape(out_ch * in_ch, 1, kh, kw)  # (O*I, 1, k, k)
     laplace = _LAPLACE.to(weight)[None, None]  # (1, 1, 3, 3)
     return F.conv2d(kernels, laplace, padding=1).pow(2).sum() / kernels.pow(2).sum()
+
+
+def _inverse_softplus(value: float) -> float:
+    return float(np.log(np.expm1(value)))
+
+
+class DivisiveNormalization(nn.Module):
+    """y_c = x_c / sqrt(beta_c + sum_d gamma_cd (k_c * x_d^2)): (B, C, H, W) -> (B, C, H, W).
+
+    Each channel is divided by the local energy of all channels, pooled over a kernel x kernel window:
+    the generalized divisive normalization of Balle et al. (2016), with the spatial pool with which Burg
+    et al. (2021) modelled mouse V1 (normalization pools that reach beyond the receptive field, broadly
+    tuned across channels). gamma (C, C), the pool k_c (one kernel x kernel map per channel, separable:
+    a column times a row, 2 x kernel taps per pixel instead of kernel^2) and beta (C,) are softplus of
+    free parameters, so the pool is non-negative and beta positive (+ 1e-3). At the start gamma is 1/C,
+    k_c a box of sum 1 and beta 1: unit-variance inputs are divided by about sqrt(2). The pool is
+    zero-padded: near the border it sees less energy, as the image sees mean luminance there.
+    """
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.raw_gamma = nn.Parameter(torch.full((channels, channels), _inverse_softplus(1.0 / channels)))
+        start = _inverse_softplus(1.0 / kernel)
+        self.raw_pool_y = nn.Parameter(torch.full((channels, 1, kernel, 1), start))
+        self.raw_pool_x = nn.Parameter(torch.full((channels, 1, 1, kernel), start))
+        self.raw_beta = nn.Parameter(torch.full((channels,), _inverse_softplus(1.0)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = x.shape[1]
+        gamma = F.softplus(self.raw_gamma)[:, :, None, None].to(x.dtype)  # (C, C, 1, 1)
+        beta = (F.softplus(self.raw_beta) + 1e-3)[None, :, None, None].to(x.dtype)  # (1, C, 1, 1)
+        energy = F.conv2d(x.square(), gamma)  # (B, C, H, W): channels mixed
+        half = self.kernel // 2
+        for raw, padding in ((self.raw_pool_y, (half, 0)), (self.raw_pool_x, (0, half))):  # pooled in space
+            energy = F.conv2d(energy, F.softplus(raw).to(x.dtype), padding=padding, groups=channels)
+        return x * torch.rsqrt(beta + energy)
 
 
 class DepthSeparableConv2d(nn.Sequential):
@@ -87,7 +125,8 @@ class Core(nn.Module):
     batch norm, as the reference LN baseline does (Stacked2dCore(linear=True) drops only the ELUs);
     at eval it is an affine map, so core + readout is linear.
     Optional for "cnn" / "linear" (not in the baseline): dropout after every hidden layer, identity
-    skips around them.
+    skips around them. Optional for every kind: divisive normalization of the first layer after its
+    batch norm (before its ELU).
     """
 
     def __init__(self, config: CoreConfig):
@@ -101,6 +140,8 @@ class Core(nn.Module):
             ),
             nn.BatchNorm2d(c.channels, momentum=c.batch_norm_momentum),
         ]
+        if c.normalization:
+            first.append(DivisiveNormalization(c.channels, c.normalization_kernel))
         if c.kind != "linear":
             first.append(nn.ELU())
         self.input_layer = nn.Sequential(*first)
@@ -122,7 +163,7 @@ class Core(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-normal conv weights (neuralpredictors' Core.init_conv); batch norm at its defaults."""
-        for module in self.modules():
+        for module in self.modules():  # DivisiveNormalization keeps its own start
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_normal_(module.weight)
 
