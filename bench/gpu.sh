@@ -8,8 +8,12 @@
 # Settings (environment):
 #   INSTALL=0        the environment already has the project's dependencies (default: pip install them;
 #                    torch is left as it is)
-#   STEPS="..."      which of train_speed accuracy ablation serving to run (default: train_speed accuracy
-#                    serving; `ablation` is the twin rows without one ingredient each, on `small`)
+#   STEPS="..."      which of train_speed core_form accuracy ablation serving to run (default: train_speed
+#                    accuracy serving; `ablation` is the twin rows without one ingredient each, on `small`;
+#                    `core_form` one model per core variant and seed on `small`'s image-only recording)
+#   VARIANTS="a;b"   the core_form step's variants (bench/core_form.py --variant, ';'-separated; default:
+#                    cnn, twin, and twin with divisive normalization, with the baseline's core, 128 wide)
+#   SEEDS=0,1        the core_form step's seeds (default 0,1)
 #   RESULTS=DIR      where results and logs go (default bench/results)
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
 #   LIMIT_<STEP>=S   stop a step after S seconds (e.g. LIMIT_ACCURACY=600); the accuracy file keeps the
@@ -89,13 +93,23 @@ if [[ ${MPS:-0} == 1 ]] && command -v nvidia-cuda-mps-control > /dev/null; then
 fi
 if [[ -f $data/simulation.json ]]; then
     echo "== simulate: $data already holds the preset"
-elif wants train_speed || wants accuracy || wants ablation; then
+elif wants train_speed || wants core_form || wants accuracy || wants ablation; then
     run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
 # 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
 if wants train_speed; then
     run train_speed "$PYTHON" bench/train_speed.py --device cuda --steps 20 --warmup 3 --data "$data" \
         --out "$RESULTS/train_speed-small-$gpu.json"
+fi
+# 1b. Which core: one model per variant and seed on the image-only recording, trained to its early stop;
+#     minutes, where the table below pre-trains and ensembles whatever `twin` is.
+if wants core_form; then
+    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=true;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128}"
+    variants=()
+    for spec in "${specs[@]}"; do variants+=(--variant "$spec"); done
+    run core_form "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds "${SEEDS:-0,1}" \
+        --data "$(ls -d "$data"/static90001-*)" --work "$work/core_form" "${variants[@]}" \
+        --out "$RESULTS/core_form-90001-1-1-$gpu.json"
 fi
 # 2. The model table on `small` (both tracks, 5-member ensembles, reference CNN), bf16 autocast; the
 #    single-model row is the ensemble members' own scores, averaged (3 fewer trainings).

@@ -1,0 +1,222 @@
+"""Benchmark: which core? Variants of a model trained alike on one recording, scored on its test tier.
+
+Each variant is a registered model with some of its core's fields changed; every variant trains one
+model per seed with the same recipe (the trainer's: early stopping on validation correlation, at most
+--epochs) on the same recording, and is scored on that recording's test tier with the three SENSORIUM
+metrics. On a simulated recording the image-averaged test predictions are also correlated with the
+neurons' noise-free responses (mean over neurons), the figure that the trial noise does not cap. What it
+answers cheaply: the headline table (bench/accuracy.py) pre-trains and ensembles every variant it is
+given, this trains one model per variant and seed.
+
+    python bench/core_form.py --data sim/static90001-1-1-... --epochs 15 --amp --jobs 2 \\
+        --variant twin --variant twin:normalization=true \\
+        --variant "twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0"
+
+A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core,
+values read as JSON), or a model .json file (the format `run.json` stores, which `twin train --model`
+takes); its label is the text given. Variants run in processes, --jobs at a time, the
+CPU's threads shared among them. Runs live in --work (default: a folder that is removed after), named
+after what they train: a later call with the same --work reuses the finished ones and continues an
+interrupted one from its last checkpoint. Prints a table; writes
+bench/results/core_form-<data key>-<device>.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import _in_processes, _members_training, _scores, core_changes, trained_once
+from simulate import device_info, machine
+
+from training.models import ModelConfig, get_config
+from training.trainer import TrainConfig
+from twin.atomic import write_json
+from twin.errors import InvalidInput
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def variant_config(spec: str) -> ModelConfig:
+    """NAME[:FIELD=VALUE,...] -> the registered model NAME with those core fields changed; a .json file:
+    the model configuration in it (as `twin train --model` takes it)."""
+    if spec.endswith(".json"):
+        try:
+            config = ModelConfig.from_dict(json.loads(Path(spec).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read a model configuration ({exc})") from None
+        return _image_only(config, spec)
+    name, _, changes = spec.partition(":")
+    config = _image_only(get_config(name.strip()), name.strip())
+    try:
+        core = replace(config.core, **core_changes(changes))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return replace(config, core=core)
+
+
+def _image_only(config: ModelConfig, name: str) -> ModelConfig:
+    if config.behavior_channels or config.shifter or config.modulator:
+        raise InvalidInput(f"{name!r} uses behaviour; expected an image-only model")
+    return config
+
+
+def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device: str) -> float:
+    """Mean over neurons of the correlation between the run's predictions of the test images and their
+    noise-free responses."""
+    from training.torch_twin import TorchTwin
+    from twin.data import load_recording
+    from twin.data.simulation import GroundTruth
+
+    recording = load_recording(data)
+    test = np.flatnonzero(recording.tiers == "test")
+    _, first = np.unique(recording.image_ids[test], return_index=True)
+    images = np.asarray(recording.images[test[first]])  # (images, [1,] H, W), each test image once
+    truth = GroundTruth.load(simulation, key)(images)
+    predicted, _ = TorchTwin(run, key, device=device).predict(images)
+    a, b = truth - truth.mean(0), predicted - predicted.mean(0)
+    per_neuron = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
+    return float(per_neuron.mean())
+
+
+def train_variant(
+    model: ModelConfig, data: Path, config: TrainConfig, work: Path, simulation: Path | None
+) -> dict:
+    """Train (or find) one model of `model` on `data`; its test scores, training and truth correlation."""
+    run, reused, continued = trained_once(model, [data], 1, config, work, nproc=1)
+    (key,) = json.loads((run / "run.json").read_text())["recordings"]
+    scores = json.loads((run / "metrics.json").read_text())
+    training = json.loads((run / "members" / "member-0" / "training.json").read_text())
+    out = {
+        "data_key": key,
+        **_scores(scores["test"][key]["ensemble"]),
+        "validation_correlation": scores["validation_correlation"]["ensemble"],
+        **_members_training(run),
+        "best_epoch": training["best_epoch"],
+        "core_parameters": _core_parameters(model),
+        "run": {"name": run.name, "reused": reused, "continued": continued},
+    }
+    if simulation is not None:
+        out["correlation_with_truth"] = truth_correlation(run, key, data, simulation, config.device)
+    return out
+
+
+def _core_parameters(model: ModelConfig) -> int:
+    from training.models.core import Core
+
+    return sum(p.numel() for p in Core(model.core).parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="one recording (a `twin simulate` folder's)")
+    parser.add_argument("--variant", action="append", default=None, help="NAME[:FIELD=VALUE,...]; repeat")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    parser.add_argument("--epochs", type=int, default=200, help="epoch cap (default 200)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once (default 1)")
+    parser.add_argument("--simulation", type=Path, default=None, help="its simulation (default: found)")
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: removed)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    variants = args.variant or ["twin"]
+    if len(set(variants)) < len(variants):
+        parser.error(f"--variant: {variants}; expected distinct variants")
+    models = {}
+    for spec in variants:
+        try:
+            models[spec] = variant_config(spec)
+        except InvalidInput as exc:
+            parser.error(f"--variant: {spec!r}: {exc}")
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        parser.error(f"--seeds: {args.seeds!r}; expected comma-separated integers >= 0")
+    if args.epochs < 1:
+        parser.error(f"--epochs: {args.epochs}; expected >= 1")
+    if args.jobs < 1:
+        parser.error(f"--jobs: {args.jobs}; expected >= 1")
+    if not (args.data / "meta").is_dir() and args.data.suffix != ".zip":
+        parser.error(f"--data: {args.data} is not a recording (no meta/ folder)")
+    simulation = args.simulation
+    if simulation is None and (args.data.parent / "ground_truth").is_dir():
+        simulation = args.data.parent
+    work = args.work or Path(tempfile.mkdtemp(prefix="core_form-"))
+    try:
+        cells = [
+            (
+                spec,
+                seed,
+                train_variant,
+                {
+                    "model": model,
+                    "data": args.data,
+                    "config": TrainConfig(
+                        max_epochs=args.epochs, device=args.device, amp=args.amp, seed=seed
+                    ),
+                    "work": work / "runs",
+                    "simulation": simulation,
+                },
+            )
+            for spec, model in models.items()
+            for seed in seeds
+        ]
+        outcomes: dict[str, dict[str, dict]] = {spec: {} for spec in models}
+        for spec, seed, outcome in _in_processes(cells, args.jobs, work / "cells"):
+            outcomes[spec][str(seed)] = outcome
+            print(f"{spec} seed {seed}: {outcome.get('error') or 'done'}", flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    keys = {o["data_key"] for v in outcomes.values() for o in v.values() if "data_key" in o}
+    result = {
+        "benchmark": "core_form",
+        "machine": {**machine(), **device_info(args.device)},
+        "data": str(args.data),
+        "data_key": keys.pop() if len(keys) == 1 else None,
+        "epochs": args.epochs,
+        "amp": args.amp,
+        "jobs": args.jobs,
+        "seeds": seeds,
+        "variants": {spec: {"model": models[spec].to_dict(), "seeds": outcomes[spec]} for spec in models},
+    }
+    tag = result["machine"].get("gpu", "cpu").replace(" ", "_")
+    name = f"core_form-{result['data_key'] or args.data.name}-{tag}.json"
+    out = args.out or ROOT / "bench" / "results" / name
+    write_json(out, result)
+    _print(result, simulation is not None)
+    print(f"wrote {out}")
+
+
+def _print(result: dict, truth: bool) -> None:
+    print(
+        f"\n{'variant':48s} {'seed':>4s} {'epochs':>6s} {'valid.':>7s}"
+        + f" {'single':>7s} {'average':>7s} {'FEVE':>7s}"
+        + ("   truth" if truth else "")
+    )
+    for spec, v in result["variants"].items():
+        for seed, r in v["seeds"].items():
+            if "error" in r:
+                print(f"{spec[:48]:48s} {seed:>4s}  {r['error'][:60]}")
+                continue
+            line = f"{spec[:48]:48s} {seed:>4s} {r['epochs'][0]:6d} {r['validation_correlation']:7.4f}"
+            line += (
+                f" {r['single_trial_correlation']:7.4f} {r['correlation_to_average']:7.4f} {r['feve']:7.4f}"
+            )
+            print(line + (f" {r['correlation_with_truth']:7.4f}" if truth else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""bench/core_form.py: variants of a model's core trained alike on one recording and scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_refused, bench_module, run_main
+from training.models.core import DivisiveNormalization
+from training.run import load_members
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "core_form.py"
+KEY = "90001-1-1"
+NARROW = "twin:channels=8,layers=2"
+
+
+def test_variants_train_alike_are_scored_against_the_truth_and_reused(
+    tiny_paths, tmp_path, monkeypatch, capsys
+):
+    out, work = tmp_path / "core_form.json", tmp_path / "work"
+    variants = [NARROW, NARROW + ",normalization=true,normalization_kernel=5"]
+    args = ["--data", str(tiny_paths[KEY]), "--epochs", "5", "--jobs", "2", "--work", str(work)]
+    args += [a for v in variants for a in ("--variant", v)] + ["--out", str(out)]
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "core_form" and result["data_key"] == KEY and result["epochs"] == 5
+    assert list(result["variants"]) == variants and result["seeds"] == [0]
+    runs = []
+    for spec, variant in result["variants"].items():
+        cell = variant["seeds"]["0"]
+        assert "error" not in cell, cell
+        assert variant["model"]["core"]["channels"] == 8
+        assert variant["model"]["core"]["normalization"] == ("normalization" in spec)
+        assert 1 <= cell["epochs"][0] <= 5 and 1 <= cell["best_epoch"] <= cell["epochs"][0]
+        for name in ("single_trial_correlation", "correlation_to_average", "validation_correlation"):
+            assert -1 <= cell[name] <= 1, (name, cell[name])
+        # the predictions of the test images line up with their true responses: a model trained 5 epochs
+        # correlates 0.1-0.2 with them; misaligned, the mean over 150 neurons would be 0 +- 0.01
+        assert 0.05 < cell["correlation_with_truth"] <= 1, cell["correlation_with_truth"]
+        assert cell["run"]["reused"] is False
+        runs.append(work / "runs" / cell["run"]["name"])
+    # the variant's core is what trained: the normalization in its first layer, and more parameters
+    normalized = [isinstance(m, DivisiveNormalization) for m in load_members(runs[1])[1][0].modules()]
+    plain = [isinstance(m, DivisiveNormalization) for m in load_members(runs[0])[1][0].modules()]
+    assert any(normalized) and not any(plain)
+    first, second = (result["variants"][v]["seeds"]["0"]["core_parameters"] for v in variants)
+    assert second > first
+
+    # the same call again finds both runs trained and scores them the same
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    again = json.loads(out.read_text())
+    for spec in variants:
+        before, after = result["variants"][spec]["seeds"]["0"], again["variants"][spec]["seeds"]["0"]
+        assert after["run"]["reused"] is True
+        assert {k: v for k, v in after.items() if k != "run"} == {
+            k: v for k, v in before.items() if k != "run"
+        }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variant", "densenet"], "--variant: 'densenet'"),
+        (["--variant", "twin_behavior"], "uses behaviour; expected an image-only model"),
+        (["--variant", "twin:width=3"], "expected FIELD=VALUE with FIELD one of"),
+        (["--variant", "twin:normalization_kernel=4"], "normalization_kernel: 4; expected an odd size"),
+        (["--variant", "twin", "--variant", "twin"], "expected distinct variants"),
+        (["--variant", "missing.json"], "--variant: 'missing.json': cannot read a model configuration"),
+        (["--seeds", "0,x"], "--seeds: '0,x'"),
+        (["--epochs", "0"], "--epochs: 0; expected >= 1"),
+        (["--jobs", "0"], "--jobs: 0; expected >= 1"),
+    ],
+)
+def test_bad_options_are_refused_by_name(tiny_paths, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", str(tiny_paths[KEY]), *args, "--out", str(tmp_path / "core_form.json")]
+    assert_refused(SCRIPT, args, message, tmp_path, monkeypatch, capsys)
+
+
+def test_a_folder_that_is_not_a_recording_is_refused(tiny_paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", str(tiny_paths[KEY].parent), "--out", str(tmp_path / "core_form.json")]
+    assert_refused(SCRIPT, args, "is not a recording (no meta/ folder)", tmp_path, monkeypatch, capsys)
+
+
+def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_path):
+    bench = bench_module("core_form")
+    changed = bench.variant_config("twin:normalization=true, channels=32")
+    assert changed.name == "twin" and changed.core.normalization and changed.core.channels == 32
+    assert changed.core.in_channels == 4 and changed.input_gradients  # the rest is the registered twin's
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(changed.to_dict()))
+    assert bench.variant_config(str(path)) == changed
