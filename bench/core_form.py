@@ -14,10 +14,10 @@ given, this trains one model per variant and seed.
 
 A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core,
 values read as JSON), or a model .json file (the format `run.json` stores, which `twin train --model`
-takes); its label is the text given. Variants run in processes, --jobs at a time, the
-CPU's threads shared among them. Runs live in --work (default: a folder that is removed after), named
-after what they train: a later call with the same --work reuses the finished ones and continues an
-interrupted one from its last checkpoint. Prints a table; writes
+takes); its label is the text given, a file's its name without .json. Variants run in processes,
+--jobs at a time, the CPU's threads shared among them. Runs live in --work (default: a temporary
+folder), named after what they train: a later call with the same --work reuses the finished ones and
+continues an interrupted one from its last checkpoint. Prints a table; writes
 bench/results/core_form-<data key>-<device>.json (or --out).
 """
 
@@ -130,12 +130,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     variants = args.variant or ["twin"]
-    if len(set(variants)) < len(variants):
-        parser.error(f"--variant: {variants}; expected distinct variants")
+    labels = [Path(v).stem if v.endswith(".json") else v for v in variants]
+    if len(set(labels)) < len(labels):
+        parser.error(f"--variant: {labels}; expected distinct variants (a file's label is its name)")
     models = {}
-    for spec in variants:
+    for spec, label in zip(variants, labels, strict=True):
         try:
-            models[spec] = variant_config(spec)
+            models[label] = variant_config(spec)
         except InvalidInput as exc:
             parser.error(f"--variant: {spec!r}: {exc}")
     try:

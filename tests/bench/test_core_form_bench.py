@@ -95,3 +95,18 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
     path = tmp_path / "model.json"
     path.write_text(json.dumps(changed.to_dict()))
     assert bench.variant_config(str(path)) == changed
+
+
+def test_variants_with_one_label_are_refused(tiny_paths, tmp_path, monkeypatch, capsys):
+    """A file's label is its name: two files of one name in two folders would share a row."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "twin.json").write_text(
+            json.dumps(bench_module("core_form").variant_config("twin").to_dict())
+        )
+    args = ["--data", str(tiny_paths[KEY]), "--variant", "a/twin.json", "--variant", "b/twin.json"]
+    args += ["--out", str(tmp_path / "out" / "core_form.json")]
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 2 and "expected distinct variants (a file's label is its name)" in stderr, stderr[-2000:]
+    assert not (tmp_path / "out").exists()
