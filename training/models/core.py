@@ -126,7 +126,8 @@ class Core(nn.Module):
     at eval it is an affine map, so core + readout is linear.
     Optional for "cnn" / "linear" (not in the baseline): dropout after every hidden layer, identity
     skips around them. Optional for every kind: divisive normalization of the first layer after its
-    batch norm (before its ELU).
+    batch norm (before its ELU); a "linear" core with it is no longer linear (it is then the divisive
+    normalization model of Burg et al. 2021 with a deeper linear stage).
     """
 
     def __init__(self, config: CoreConfig):
