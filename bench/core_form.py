@@ -74,6 +74,7 @@ def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device:
     """Mean over neurons of the correlation between the run's predictions of the test images and their
     noise-free responses."""
     from training.torch_twin import TorchTwin
+    from twin import metrics
     from twin.data import load_recording
     from twin.data.simulation import GroundTruth
 
@@ -83,9 +84,7 @@ def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device:
     images = np.asarray(recording.images[test[first]])  # (images, [1,] H, W), each test image once
     truth = GroundTruth.load(simulation, key)(images)
     predicted, _ = TorchTwin(run, key, device=device).predict(images)
-    a, b = truth - truth.mean(0), predicted - predicted.mean(0)
-    per_neuron = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
-    return float(per_neuron.mean())
+    return float(metrics.correlation(truth, predicted).mean())
 
 
 def train_variant(

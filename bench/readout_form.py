@@ -105,11 +105,6 @@ def build_form(form: str, trained, coordinates, shape: tuple[int, ...]):
     return Form()
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
-
-
 def _training(run: Path) -> dict | None:
     """How long member 0 trained (its epochs, the best one): a core trained briefly limits every form."""
     path = run / "members" / "member-0" / "training.json"
@@ -177,7 +172,7 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            score = float(_corr(responses[validation].numpy(), predict(validation)).mean())
+            score = float(metrics.correlation(responses[validation].numpy(), predict(validation)).mean())
             if score > best:
                 best, kept = score, copy.deepcopy(model.state_dict())
         model.load_state_dict(kept)
@@ -193,7 +188,8 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
         if truth is not None:
             ids, first = np.unique(d.image_ids[test], return_index=True)
             averaged = np.stack([predicted[d.image_ids[test] == i].mean(0) for i in ids])
-            out["correlation_with_truth"] = round(float(_corr(truth[first], averaged).mean()), 4)
+            truth_corr = metrics.correlation(truth[first], averaged)  # (neurons,)
+            out["correlation_with_truth"] = round(float(truth_corr.mean()), 4)
         return out
 
     return {
