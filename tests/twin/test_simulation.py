@@ -163,7 +163,13 @@ def test_ground_truth_of_some_neurons_is_their_columns_of_all(tiny_sim, recordin
         some = truth(*args, columns=np.asarray(columns))
         assert some.shape == (12, len(columns))
         np.testing.assert_allclose(some, every[:, columns], rtol=1e-5, atol=1e-7)
-    for columns, message in (([], "non-empty"), ([0.5], "neuron indices"), ([150], r"in \[0, 150\)")):
+    refusals = (
+        ([], "non-empty"),
+        ([0.5], "neuron indices"),
+        ([150], r"e\.g\. 150\); expected indices in \[0, 150\)"),
+        ([3, -1, 149], r"1 indices outside the population \(e\.g\. -1\)"),  # a negative one is named
+    )
+    for columns, message in refusals:
         with pytest.raises(InvalidInput, match=f"columns: .*{message}"):
             truth(*args, columns=np.asarray(columns))
 

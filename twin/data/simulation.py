@@ -377,8 +377,12 @@ class GroundTruth:
                 f"columns: {columns.dtype} array of shape {columns.shape}; expected a non-empty 1-d array "
                 "of neuron indices"
             )
-        if columns.min() < 0 or columns.max() >= n:
-            raise InvalidInput(f"columns: indices up to {columns.max()}; expected indices in [0, {n})")
+        outside = columns[(columns < 0) | (columns >= n)]
+        if outside.size:
+            raise InvalidInput(
+                f"columns: {outside.size} indices outside the population (e.g. {int(outside[0])}); "
+                f"expected indices in [0, {n})"
+            )
         filters = self.filters()[:, np.concatenate([columns, columns + n])]  # their even, then odd Gabors
         return self.population.subset(columns).expected_responses(
             images, behavior, pupil_center, filters=filters
