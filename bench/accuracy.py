@@ -71,7 +71,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simulate import device_info, machine, positive_or
+from simulate import device_info, interrupt_on_sigterm, machine, positive_or
 
 from training.data import MODEL_IMAGE_SIZE
 from training.distributed import launch
@@ -836,4 +836,5 @@ def _print(table: dict) -> None:
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
+    interrupt_on_sigterm()
     main()

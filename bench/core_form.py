@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import _in_processes, _members_training, _scores, core_changes, trained_once
-from simulate import device_info, machine
+from simulate import device_info, interrupt_on_sigterm, machine
 
 from training.models import ModelConfig, get_config
 from training.trainer import TrainConfig
@@ -219,4 +219,5 @@ def _print(result: dict, truth: bool) -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()
     main()

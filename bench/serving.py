@@ -1056,4 +1056,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from bench.simulate import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     main()

@@ -430,4 +430,7 @@ def print_table(result: dict) -> None:
 
 
 if __name__ == "__main__":
+    from bench.simulate import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     main()

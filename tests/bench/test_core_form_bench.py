@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,41 @@ def test_variants_with_one_label_are_refused(tiny_paths, tmp_path, monkeypatch, 
     code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
     assert code == 2 and "expected distinct variants (a file's label is its name)" in stderr, stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def test_a_stopped_bench_stops_its_training_and_removes_its_temporary_folder(tiny_paths, tmp_path):
+    """SIGTERM (`kill`, `timeout`) unwinds like Ctrl-C: the training cell's process is stopped and the
+    temporary --work folder (runs and checkpoints) is removed, not left behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = [sys.executable, str(SCRIPT), "--data", str(tiny_paths[KEY]), "--variant", NARROW]
+    args += ["--epochs", "200", "--out", str(tmp_path / "core_form.json")]
+    process = subprocess.Popen(
+        args, env={**os.environ, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(scratch.glob("core_form-*/runs/*/members/member-0/checkpoint.pt")):  # one epoch done
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()[
+                -3000:
+            ]
+            time.sleep(0.2)
+        children = [
+            int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        ]
+        assert children and all(_alive(pid) for pid in children)  # the cell trains in a process of its own
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0].decode()
+    finally:
+        process.kill()
+    assert process.returncode != 0, output[-3000:]
+    assert not (tmp_path / "core_form.json").exists()
+    assert list(scratch.glob("core_form-*")) == [], output[-3000:]  # (torch keeps caches of its own there)
+    assert not any(_alive(pid) for pid in children)
