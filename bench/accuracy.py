@@ -113,7 +113,7 @@ def _recordings(data: Path) -> dict[str, dict]:
     return {r["role"]: {**r, "path": data / r["folder"]} for r in summary["recordings"]}
 
 
-def _scores(s: dict) -> dict:
+def sensorium_scores(s: dict) -> dict:
     return {k: s[k] for k in ("single_trial_correlation", "correlation_to_average", "feve")}
 
 
@@ -198,7 +198,7 @@ def run_ours(
             "run": init_from.name,
             "reused": reused,
             "continued": continued,
-            **_members_training(init_from),
+            **members_training(init_from),
         }
     pretraining_seconds = round(time.perf_counter() - started, 1)
     run, reused, continued = trained_once(model, paths, members, config, work, nproc, init_from)
@@ -208,10 +208,10 @@ def run_ours(
     # ensemble's (what `twin evaluate` prints), and each member's: their spread (seeds and early-stopping
     # splits) is the noise a row difference has to exceed; their mean, what one model scores alone.
     test = json.loads((run / "metrics.json").read_text())["test"][key]
-    each = {name: _scores(m) for name, m in test["members"].items()}
+    each = {name: sensorium_scores(m) for name, m in test["members"].items()}
     return {
-        **_scores(test["ensemble"]),
-        **_members_training(run),
+        **sensorium_scores(test["ensemble"]),
+        **members_training(run),
         "pretrained_on": len(pretrain or []),
         "pretrained": pretraining,
         # continued: an earlier process trained part of it (then its seconds are those of the rest)
@@ -219,13 +219,15 @@ def run_ours(
         # pre-training (or waiting for another cell's); then all: fine-tuning (or waiting) and scoring
         "pretraining_seconds": pretraining_seconds,
         "seconds": round(time.perf_counter() - started, 1),
-        "members_mean": {k: float(np.mean([s[k] for s in each.values()])) for k in _scores(test["ensemble"])},
+        "members_mean": {
+            k: float(np.mean([s[k] for s in each.values()])) for k in sensorium_scores(test["ensemble"])
+        },
         "members": each,
         "in_silico": in_silico(run, target, key, config.device, mei_steps) if measure_in_silico else None,
     }
 
 
-def _members_training(run: Path) -> dict[str, list]:
+def members_training(run: Path) -> dict[str, list]:
     """Each member's epochs and median seconds per epoch (its log), in member order: what a cell's time
     went to (an epoch's seconds include its validation and checkpoint)."""
     folders = sorted((run / "members").glob("member-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
@@ -358,7 +360,7 @@ def run_reference(
     idx = truth.indices("test")
     scores = metrics.score(truth.responses[idx].numpy(), prediction, truth.image_ids[idx])
     return {
-        **_scores(scores.to_dict()),
+        **sensorium_scores(scores.to_dict()),
         "epochs": outcome["epochs"],
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -685,7 +687,7 @@ def main() -> None:
             record(row, track, _cell(function, kwargs))
     else:
         load_tensors(every)  # builds the recordings' cache once, before the workers read it
-        for row, track, outcome in _in_processes(cells, args.jobs, work / "cells"):
+        for row, track, outcome in in_processes(cells, args.jobs, work / "cells"):
             record(row, track, outcome)
     result["complete"] = True
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -718,7 +720,9 @@ def resume_mismatch(earlier: dict, result: dict) -> list[str]:
     before, now = earlier.get("table", {}).get("oracle", {}), result["table"]["oracle"]
     for track, scores in now.items():
         old = before.get(track, {})
-        if any(not np.isclose(old.get(k, np.nan), scores[k], rtol=0, atol=1e-6) for k in _scores(scores)):
+        if any(
+            not np.isclose(old.get(k, np.nan), scores[k], rtol=0, atol=1e-6) for k in sensorium_scores(scores)
+        ):
             why.append(f"other data: the {track} oracle differs")
     return why
 
@@ -746,7 +750,7 @@ def _cell(function, kwargs: dict) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"[:4000]}
 
 
-def _in_processes(cells: list, jobs: int, folder: Path) -> Iterator[tuple[str, str, dict]]:
+def in_processes(cells: list, jobs: int, folder: Path) -> Iterator[tuple[str, str, dict]]:
     """Each cell in a process of its own, `jobs` at a time; yields (row, track, outcome) as they end.
 
     Interrupted, the running cells are stopped (SIGTERM; each stops its own `twin train` children)

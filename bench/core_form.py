@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import _in_processes, _members_training, _scores, core_changes, trained_once
+from accuracy import core_changes, in_processes, members_training, sensorium_scores, trained_once
 from simulate import device_info, interrupt_on_sigterm, machine
 
 from training.models import ModelConfig, get_config
@@ -97,9 +97,9 @@ def train_variant(
     training = json.loads((run / "members" / "member-0" / "training.json").read_text())
     out = {
         "data_key": key,
-        **_scores(scores["test"][key]["ensemble"]),
+        **sensorium_scores(scores["test"][key]["ensemble"]),
         "validation_correlation": scores["validation_correlation"]["ensemble"],
-        **_members_training(run),
+        **members_training(run),
         "best_epoch": training["best_epoch"],
         "core_parameters": _core_parameters(model),
         "run": {"name": run.name, "reused": reused, "continued": continued},
@@ -174,7 +174,7 @@ def main() -> None:
             for seed in seeds
         ]
         outcomes: dict[str, dict[str, dict]] = {spec: {} for spec in models}
-        for spec, seed, outcome in _in_processes(cells, args.jobs, work / "cells"):
+        for spec, seed, outcome in in_processes(cells, args.jobs, work / "cells"):
             outcomes[spec][str(seed)] = outcome
             print(f"{spec} seed {seed}: {outcome.get('error') or 'done'}", flush=True)
     finally:
