@@ -101,6 +101,7 @@ ABLATIONS = {
     "dropout": "- dropout",
     "rf_start": "- receptive-field start (random positions)",
     "residual_core": "- residual core",
+    "normalization": "- divisive normalization",
     "input_channels": "- extra input channels",
     "resize": "- anti-aliased resize (the baseline's bilinear)",
     "modulator": "- modulator",
@@ -404,6 +405,9 @@ def _ablations(
         },
         ABLATIONS["residual_core"]: {
             t: (replace(c, core=replace(c.core, **baseline_core)), True) for t, c in full.items()
+        },
+        ABLATIONS["normalization"]: {
+            t: (replace(c, core=replace(c.core, normalization=False)), True) for t, c in full.items()
         },
         ABLATIONS["input_channels"]: {
             t: (

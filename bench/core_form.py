@@ -9,7 +9,7 @@ answers cheaply: the headline table (bench/accuracy.py) pre-trains and ensembles
 given, this trains one model per variant and seed.
 
     python bench/core_form.py --data sim/static90001-1-1-... --epochs 15 --amp --jobs 2 \\
-        --variant twin --variant twin:normalization=true \\
+        --variant twin --variant twin:normalization=false \\
         --variant "twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0"
 
 A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core,

@@ -153,6 +153,7 @@ def test_each_ablation_row_is_the_full_model_without_its_one_ingredient():
         "dropout": lambda c: replace(c, core=replace(c.core, dropout=0.1)),
         "rf_start": lambda c: replace(c, readout=replace(c.readout, position_init="data")),
         "residual_core": lambda c: replace(c, core=full_core),
+        "normalization": lambda c: replace(c, core=replace(c.core, normalization=True)),
         "input_channels": lambda c: replace(
             c, input_gradients=True, input_centered=True, core=replace(c.core, in_channels=full_in)
         ),

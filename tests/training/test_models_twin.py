@@ -75,6 +75,13 @@ def test_registered_twins():
     for config in (image_only, plus):
         assert config.core.kind == "resnet" and config.core.residual and config.core.dropout == 0.1
         assert config.input_gradients and config.input_centered
+        assert config.core.normalization  # the first layer divisively normalized (README "Core form")
+        # a run stored before the field existed keeps the architecture it trained: no normalization
+        stored = config.to_dict()
+        del stored["core"]["normalization"], stored["core"]["normalization_kernel"]
+        assert ModelConfig.from_dict(stored) == replace(
+            config, core=replace(config.core, normalization=False)
+        )
     assert image_only.core.in_channels == 4 and plus.core.in_channels == 7
     assert not (image_only.behavior_channels or image_only.shifter or image_only.modulator)
     assert plus.behavior_channels and plus.shifter and plus.modulator
