@@ -9,20 +9,24 @@ from pathlib import Path
 from types import ModuleType
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (Linux /proc); a zombie, exited and not yet reaped, does not."""
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except OSError:
+        return False
+
+
 def processes_naming(text: str) -> list[int]:
     """Live processes whose command line contains `text` (Linux /proc); zombies are not counted."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if (
-                entry.name.isdigit()
-                and text in (entry / "cmdline").read_bytes().decode(errors="replace")
-                and not (entry / "stat").read_text().split(") ")[-1].startswith("Z")
-            ):
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
                 found.append(int(entry.name))
         except OSError:
             continue
-    return found
+    return [pid for pid in found if alive(pid)]
 
 
 def bench_module(name: str) -> ModuleType:

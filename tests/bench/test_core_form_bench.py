@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_refused, bench_module, run_main
+from tests.helpers import alive, assert_refused, bench_module, run_main
 from training.models.core import DivisiveNormalization
 from training.run import load_members
 
@@ -117,13 +117,6 @@ def test_variants_with_one_label_are_refused(tiny_paths, tmp_path, monkeypatch, 
     assert not (tmp_path / "out").exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
-    except OSError:
-        return False
-
-
 def test_a_stopped_bench_stops_its_training_and_removes_its_temporary_folder(tiny_paths, tmp_path):
     """SIGTERM (`kill`, `timeout`) unwinds like Ctrl-C: the training cell's process is stopped and the
     temporary --work folder (runs and checkpoints) is removed, not left behind."""
@@ -144,7 +137,7 @@ def test_a_stopped_bench_stops_its_training_and_removes_its_temporary_folder(tin
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         # the cell's process (multiprocessing's resource tracker, also a child, goes on its own after us)
         cells = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert len(cells) == 1 and _alive(cells[0])
+        assert len(cells) == 1 and alive(cells[0])
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=120)[0].decode()
     finally:
@@ -152,4 +145,4 @@ def test_a_stopped_bench_stops_its_training_and_removes_its_temporary_folder(tin
     assert process.returncode != 0, output[-3000:]
     assert not (tmp_path / "core_form.json").exists()
     assert list(scratch.glob("core_form-*")) == [], output[-3000:]  # (torch keeps caches of its own there)
-    assert not _alive(cells[0])  # waited for before the bench exited
+    assert not alive(cells[0])  # waited for before the bench exited
