@@ -101,6 +101,75 @@ def drop_page_cache() -> bool:
         return False
 
 
+def measure(preset: str, out: Path, cache: Path) -> None:
+    """Simulate `preset` into `out` (caches in `cache`), time loading one recording, write the result."""
+    env = {**os.environ, "TWIN_CACHE_DIR": str(cache)}
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "twin.cli", "simulate", "--preset", preset, "--out", str(out), "--force"],
+        check=True,
+        env=env,
+    )
+    simulate_s = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB -> GiB on Linux
+    disk_gib = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**30
+
+    os.environ["TWIN_CACHE_DIR"] = str(cache)
+    from twin.data import load_recording
+
+    folder = sorted(out.glob("static*"))[-1]  # a pre-training recording (all responses released)
+    dropped = drop_page_cache()
+    start = time.perf_counter()
+    naive = naive_load(folder)
+    naive_s = time.perf_counter() - start
+    drop_page_cache()
+    start = time.perf_counter()
+    rec = load_recording(folder, progress=False)
+    np.asarray(rec.responses).sum()
+    cold_s = time.perf_counter() - start
+    start = time.perf_counter()
+    rec = load_recording(folder, progress=False)
+    np.asarray(rec.responses).sum()
+    warm_s = time.perf_counter() - start
+    assert np.array_equal(naive["responses"], rec.responses)
+
+    result = {
+        "benchmark": "simulate",
+        "preset": preset,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "simulate_seconds": round(simulate_s, 1),
+        "simulate_peak_rss_gib": round(peak_gib, 2),
+        "disk_gib": round(disk_gib, 2),
+        "load": {
+            "recording": folder.name,
+            "trials": rec.n_trials,
+            "neurons": rec.n_neurons,
+            "image_shape": list(rec.image_shape),
+            "page_cache_dropped": dropped,
+            "naive_np_load_seconds": round(naive_s, 2),
+            "cold_seconds": round(cold_s, 2),
+            "warm_seconds": round(warm_s, 3),
+            "cold_speedup_vs_naive": round(naive_s / cold_s, 2),
+            "warm_speedup_vs_naive": round(naive_s / warm_s, 1),
+        },
+    }
+    print(
+        f"\nsimulate --preset {preset}: {simulate_s:.0f} s, peak RSS {peak_gib:.2f} GiB, "
+        f"{disk_gib:.1f} GiB on disk"
+    )
+    load = result["load"]
+    height, width = rec.image_shape
+    print(f"load {rec.n_trials} trials x {rec.n_neurons} neurons ({height}x{width}):")
+    print(f"  naive np.load per file  {naive_s:8.2f} s   1.0x")
+    print(f"  load_recording, cold    {cold_s:8.2f} s   {load['cold_speedup_vs_naive']}x")
+    print(f"  load_recording, warm    {warm_s:8.3f} s   {load['warm_speedup_vs_naive']}x")
+    tag = f"{os.cpu_count()}cpu"
+    path = RESULTS / f"simulate-{preset}-{tag}.json"
+    write_json(path, result)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sensorium")
@@ -109,82 +178,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="twin-bench-")) / args.preset
     cache = Path(tempfile.mkdtemp(prefix="twin-bench-cache-"))
-    env = {**os.environ, "TWIN_CACHE_DIR": str(cache)}
     try:  # the cache and an unkept simulation (GBs) are removed also when stopped or failed
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "twin.cli",
-                "simulate",
-                "--preset",
-                args.preset,
-                "--out",
-                str(out),
-                "--force",
-            ],
-            check=True,
-            env=env,
-        )
-        simulate_s = time.perf_counter() - start
-        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB -> GiB on Linux
-        disk_gib = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**30
-
-        os.environ["TWIN_CACHE_DIR"] = str(cache)
-        from twin.data import load_recording
-
-        folder = sorted(out.glob("static*"))[-1]  # a pre-training recording (all responses released)
-        dropped = drop_page_cache()
-        start = time.perf_counter()
-        naive = naive_load(folder)
-        naive_s = time.perf_counter() - start
-        drop_page_cache()
-        start = time.perf_counter()
-        rec = load_recording(folder, progress=False)
-        np.asarray(rec.responses).sum()
-        cold_s = time.perf_counter() - start
-        start = time.perf_counter()
-        rec = load_recording(folder, progress=False)
-        np.asarray(rec.responses).sum()
-        warm_s = time.perf_counter() - start
-        assert np.array_equal(naive["responses"], rec.responses)
-
-        result = {
-            "benchmark": "simulate",
-            "preset": args.preset,
-            "machine": machine(),
-            "date": time.strftime("%Y-%m-%d"),
-            "simulate_seconds": round(simulate_s, 1),
-            "simulate_peak_rss_gib": round(peak_gib, 2),
-            "disk_gib": round(disk_gib, 2),
-            "load": {
-                "recording": folder.name,
-                "trials": rec.n_trials,
-                "neurons": rec.n_neurons,
-                "image_shape": list(rec.image_shape),
-                "page_cache_dropped": dropped,
-                "naive_np_load_seconds": round(naive_s, 2),
-                "cold_seconds": round(cold_s, 2),
-                "warm_seconds": round(warm_s, 3),
-                "cold_speedup_vs_naive": round(naive_s / cold_s, 2),
-                "warm_speedup_vs_naive": round(naive_s / warm_s, 1),
-            },
-        }
-        print(
-            f"\nsimulate --preset {args.preset}: {simulate_s:.0f} s, peak RSS {peak_gib:.2f} GiB, "
-            f"{disk_gib:.1f} GiB on disk"
-        )
-        load = result["load"]
-        height, width = rec.image_shape
-        print(f"load {rec.n_trials} trials x {rec.n_neurons} neurons ({height}x{width}):")
-        print(f"  naive np.load per file  {naive_s:8.2f} s   1.0x")
-        print(f"  load_recording, cold    {cold_s:8.2f} s   {load['cold_speedup_vs_naive']}x")
-        print(f"  load_recording, warm    {warm_s:8.3f} s   {load['warm_speedup_vs_naive']}x")
-        tag = f"{os.cpu_count()}cpu"
-        path = RESULTS / f"simulate-{args.preset}-{tag}.json"
-        write_json(path, result)
-        print(f"wrote {path}")
+        measure(args.preset, out, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         if not args.keep and args.out is None:
