@@ -66,8 +66,15 @@ def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pr
             assert -1 <= scores["single_trial_correlation"] <= 1
             assert -1 <= scores["correlation_to_average"] <= 1
             # in silico against the simulated neurons: measured for each trained row (1 epoch: not judged)
-            assert scores["in_silico"]["center_error_px_median"] >= 0, scores["in_silico"]
-            assert 0 <= scores["in_silico"]["orientation_error_deg_median"] <= 90
+            found = scores["in_silico"]
+            assert found["center_error_px_median"] >= 0, found
+            # the orientation error is a median over the orientation-selective neurons; a 1-epoch model
+            # may tune none of them (so it did on an AVX-512 CPU): then there is no median, and it says so
+            assert 0 <= found["selective_fraction"] <= 1, found
+            if found["selective_fraction"] > 0:
+                assert 0 <= found["orientation_error_deg_median"] <= 90, found
+            else:
+                assert found["orientation_error_deg_median"] is None, found
             assert 0 <= scores["in_silico"]["mei_filter_alignment_median"] <= 1
         floor = table["oracle"][track]["in_silico"]  # the ground truth: the experiments' own error
         assert floor["center_error_px_median"] < 0.5 and floor["orientation_error_deg_median"] < 1.0

@@ -18,6 +18,10 @@ from training.run import load_members
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "core_form.py"
 KEY = "90001-1-1"
+# Five epochs of a narrow model on `tiny` are at the edge of learning. On 90001 whether they learn hung
+# on the CPU's vector kernels (AVX2: 0.22 with the truth; AVX-512: -0.01, from different float rounding
+# in the first steps); on 90002 they learned under both (0.28-0.31, either normalization).
+LEARNS = "90002-1-1"
 NARROW = "twin:channels=8,layers=2,normalization=false"
 
 
@@ -26,12 +30,12 @@ def test_variants_train_alike_are_scored_against_the_truth_and_reused(
 ):
     out, work = tmp_path / "core_form.json", tmp_path / "work"
     variants = [NARROW, NARROW.replace("normalization=false", "normalization=true,normalization_kernel=5")]
-    args = ["--data", str(tiny_paths[KEY]), "--epochs", "5", "--jobs", "2", "--work", str(work)]
+    args = ["--data", str(tiny_paths[LEARNS]), "--epochs", "5", "--jobs", "2", "--work", str(work)]
     args += [a for v in variants for a in ("--variant", v)] + ["--out", str(out)]
     code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
     assert code == 0, stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["benchmark"] == "core_form" and result["data_key"] == KEY and result["epochs"] == 5
+    assert result["benchmark"] == "core_form" and result["data_key"] == LEARNS and result["epochs"] == 5
     assert list(result["variants"]) == variants and result["seeds"] == [0]
     runs = []
     for spec, variant in result["variants"].items():
@@ -43,7 +47,7 @@ def test_variants_train_alike_are_scored_against_the_truth_and_reused(
         for name in ("single_trial_correlation", "correlation_to_average", "validation_correlation"):
             assert -1 <= cell[name] <= 1, (name, cell[name])
         # the predictions of the test images line up with their true responses: a model trained 5 epochs
-        # correlates 0.1-0.2 with them; misaligned, the mean over 150 neurons would be 0 +- 0.01
+        # correlates 0.28-0.31 with them; misaligned, the mean over 150 neurons would be 0 +- 0.01
         assert 0.05 < cell["correlation_with_truth"] <= 1, cell["correlation_with_truth"]
         assert cell["run"]["reused"] is False
         runs.append(work / "runs" / cell["run"]["name"])
