@@ -369,8 +369,12 @@ def run_reference(
 
 def core_changes(text: str) -> dict[str, object]:
     """--twin-core "channels=128,layers=6" -> {"channels": 128, "layers": 6} (values read as JSON)."""
+    return field_changes(text, {f.name for f in fields(CoreConfig)} - {"in_channels"})  # follows the inputs
+
+
+def field_changes(text: str, known: set[str]) -> dict[str, object]:
+    """ "a=1, b=x" -> {"a": 1, "b": "x"}: values read as JSON (else kept as text), names among `known`."""
     changes: dict[str, object] = {}
-    known = {f.name for f in fields(CoreConfig)} - {"in_channels"}  # in_channels follows the inputs
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in known:

@@ -12,12 +12,13 @@ given, this trains one model per variant and seed.
         --variant twin --variant twin:normalization=false \\
         --variant "twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0"
 
-A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core,
-values read as JSON), or a model .json file (the format `run.json` stores, which `twin train --model`
-takes); its label is the text given, a file's its name without .json. Variants run in processes,
---jobs at a time, the CPU's threads shared among them. Runs live in --work (default: a temporary
-folder), named after what they train: a later call with the same --work reuses the finished ones and
-continues an interrupted one from its last checkpoint. Prints a table; writes
+A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core, of
+its readout, or input_gradients, input_centered, input_resize, correlation_weight; values read as JSON;
+the core's in_channels follows the inputs), or a model .json file (the format `run.json` stores, which
+`twin train --model` takes); its label is the text given, a file's its name without .json. Variants run
+in processes, --jobs at a time, the CPU's threads shared among them. Runs live in --work (default: a
+temporary folder), named after what they train: a later call with the same --work reuses the finished
+ones and continues an interrupted one from its last checkpoint. Prints a table; writes
 bench/results/core_form-<data key>-<device>.json (or --out).
 """
 
@@ -28,17 +29,17 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import core_changes, in_processes, members_training, sensorium_scores, trained_once
+from accuracy import field_changes, in_processes, members_training, sensorium_scores, trained_once
 from simulate import device_info, interrupt_on_sigterm, machine
 
-from training.models import ModelConfig, get_config
+from training.models import CoreConfig, ModelConfig, ReadoutConfig, get_config
 from training.trainer import TrainConfig
 from twin.atomic import write_json
 from twin.errors import InvalidInput
@@ -46,8 +47,15 @@ from twin.errors import InvalidInput
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What a variant may change besides its core's fields (in_channels excepted: it follows the inputs).
+CORE_FIELDS = frozenset(f.name for f in fields(CoreConfig)) - {"in_channels"}
+READOUT_FIELDS = frozenset(f.name for f in fields(ReadoutConfig))
+INPUT_FIELDS = frozenset({"input_gradients", "input_centered", "input_resize", "correlation_weight"})
+
+
 def variant_config(spec: str) -> ModelConfig:
-    """NAME[:FIELD=VALUE,...] -> the registered model NAME with those core fields changed; a .json file:
+    """NAME[:FIELD=VALUE,...] -> the registered model NAME with those fields of its core, its readout, its
+    inputs or its loss (INPUT_FIELDS) changed, the core's in_channels following the inputs; a .json file:
     the model configuration in it (as `twin train --model` takes it)."""
     if spec.endswith(".json"):
         try:
@@ -55,13 +63,29 @@ def variant_config(spec: str) -> ModelConfig:
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read a model configuration ({exc})") from None
         return _image_only(config, spec)
-    name, _, changes = spec.partition(":")
+    name, _, text = spec.partition(":")
     config = _image_only(get_config(name.strip()), name.strip())
     try:
-        core = replace(config.core, **core_changes(changes))
+        changes = field_changes(text, CORE_FIELDS | READOUT_FIELDS | INPUT_FIELDS)
+        inputs = {k: v for k, v in changes.items() if k in INPUT_FIELDS}
+        for flag in ("input_centered", "input_gradients"):
+            if not isinstance(inputs.setdefault(flag, getattr(config, flag)), bool):
+                raise InvalidInput(f"{flag}: {inputs[flag]!r}; expected true or false")
+        in_channels = (  # a centred copy is one channel, the gradients two
+            config.core.in_channels
+            + (inputs["input_centered"] - config.input_centered)
+            + 2 * (inputs["input_gradients"] - config.input_gradients)
+        )
+        core = {k: v for k, v in changes.items() if k in CORE_FIELDS}
+        readout = {k: v for k, v in changes.items() if k in READOUT_FIELDS}
+        return replace(
+            config,
+            **inputs,
+            core=replace(config.core, **core, in_channels=in_channels),
+            readout=replace(config.readout, **readout),
+        )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return replace(config, core=core)
 
 
 def _image_only(config: ModelConfig, name: str) -> ModelConfig:
@@ -118,7 +142,9 @@ def _core_parameters(model: ModelConfig) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="one recording (a `twin simulate` folder's)")
-    parser.add_argument("--variant", action="append", default=None, help="NAME[:FIELD=VALUE,...]; repeat")
+    parser.add_argument(
+        "--variant", action="append", default=None, help="NAME[:FIELD=VALUE,...] or a model .json; repeat"
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     parser.add_argument("--epochs", type=int, default=200, help="epoch cap (default 200)")
     parser.add_argument("--device", default="cpu")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from tests.helpers import alive, assert_refused, bench_module, run_main
 from training.models.core import DivisiveNormalization
 from training.run import load_members
+from twin.errors import InvalidInput
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "core_form.py"
 KEY = "90001-1-1"
@@ -104,6 +107,27 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
     path = tmp_path / "model.json"
     path.write_text(json.dumps(changed.to_dict()))
     assert bench.variant_config(str(path)) == changed
+    # the readout, the inputs and the loss are fields too; the core's input channels follow the inputs
+    plain = bench.variant_config("twin:position_init=random, correlation_weight=0, input_gradients=false")
+    assert plain.readout.position_init == "random" and plain.correlation_weight == 0.0
+    assert not plain.input_gradients and plain.input_centered and plain.core.in_channels == 2
+    assert plain.core == replace(bench.variant_config("twin").core, in_channels=2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("twin:widht=3", "'widht=3'; expected FIELD=VALUE with FIELD one of ['batch_norm_momentum'"),
+        ("twin:in_channels=2", "'in_channels=2'; expected FIELD=VALUE"),  # it follows the inputs
+        ("twin:input_centered=1", "input_centered: 1; expected true or false"),
+        ("twin:position_init=centre", "position_init: 'centre'; expected one of ['random', 'data']"),
+        ("twin:correlation_weight=-1", "correlation_weight: -1; expected a number in [0.0, inf]"),
+        ("twin_behavior", "'twin_behavior' uses behaviour; expected an image-only model"),
+    ],
+)
+def test_a_variant_with_a_bad_field_is_refused_by_name(spec, expected):
+    with pytest.raises(InvalidInput, match=re.escape(expected)):
+        bench_module("core_form").variant_config(spec)
 
 
 def test_variants_with_one_label_are_refused(tiny_paths, tmp_path, monkeypatch, capsys):
