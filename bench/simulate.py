@@ -32,10 +32,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_info(device: str) -> dict:
-    """The torch build and, on CUDA, the GPU a benchmark ran on."""
+    """The torch build, the vector kernels its CPU ops use and, on CUDA, the GPU a benchmark ran on.
+
+    cpu_capability (AVX2, AVX512, ...): float sums round differently under each, so one seed's training
+    follows another path on another CPU kind (bit-equal only on the same kind)."""
     import torch
 
-    info = {"device": device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

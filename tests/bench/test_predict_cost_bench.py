@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import assert_refused
 
-pytest.importorskip("torch", reason="torch: needs the train extra")
+torch = pytest.importorskip("torch", reason="torch: needs the train extra")
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "bench" / "predict_cost.py")
@@ -26,6 +26,7 @@ def test_measures_a_registered_model_and_writes_its_machine(tmp_path):
     assert result["benchmark"] == "predict_cost" and result["model"] == "twin_behavior"
     assert result["neurons"] == 5 and result["batch"] == 4 and result["threads"] == 1
     assert result["machine"]["torch_threads"] == 1 and result["machine"]["cores"] >= 1
+    assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2
     assert result["images_per_second"] > 0
     assert result["images_per_second"] == pytest.approx(4 / result["seconds_median"], rel=0.01)
 
