@@ -12,7 +12,8 @@
 #                    accuracy serving; `ablation` is the twin rows without one ingredient each, on `small`;
 #                    `core_form` one model per core variant and seed on `small`'s image-only recording)
 #   VARIANTS="a;b"   the core_form step's variants (bench/core_form.py --variant, ';'-separated; default:
-#                    cnn, twin, and twin without divisive normalization, with the baseline's core, 128 wide)
+#                    cnn, twin, and twin without divisive normalization, without the correlation loss,
+#                    with the baseline's core, 128 wide)
 #   SEEDS=0,1        the core_form step's seeds (default 0,1)
 #   RESULTS=DIR      where results and logs go (default bench/results)
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
@@ -104,7 +105,7 @@ fi
 # 1b. Which core: one model per variant and seed on the image-only recording, trained to its early stop;
 #     minutes, where the table below pre-trains and ensembles whatever `twin` is.
 if wants core_form; then
-    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128}"
+    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:correlation_weight=0;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128}"
     variants=()
     for spec in "${specs[@]}"; do variants+=(--variant "$spec"); done
     run core_form "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds "${SEEDS:-0,1}" \
