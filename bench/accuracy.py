@@ -373,7 +373,8 @@ def core_changes(text: str) -> dict[str, object]:
 
 
 def field_changes(text: str, known: set[str]) -> dict[str, object]:
-    """ "a=1, b=x" -> {"a": 1, "b": "x"}: values read as JSON (else kept as text), names among `known`."""
+    """Parse FIELD=VALUE pairs, "a=1, b=x" -> {"a": 1, "b": "x"} (values read as JSON, else kept as text);
+    a FIELD not among `known` is refused, naming the known ones."""
     changes: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
