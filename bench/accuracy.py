@@ -130,12 +130,9 @@ def image_only(model: ModelConfig) -> ModelConfig:
     """The model without behaviour (channels, shifter, modulator): what pre-trains its core."""
     if not (model.behavior_channels or model.shifter or model.modulator):
         return model
-    core = replace(model.core, in_channels=model.core.in_channels - 3 * int(model.behavior_channels))
     return replace(
-        model,
+        model.with_inputs(behavior_channels=False),
         name=model.name.removesuffix("_behavior"),
-        core=core,
-        behavior_channels=False,
         shifter=False,
         modulator=False,
     )
@@ -415,16 +412,7 @@ def _ablations(
             t: (replace(c, core=replace(c.core, normalization=False)), True) for t, c in full.items()
         },
         ABLATIONS["input_channels"]: {
-            t: (
-                replace(
-                    c,
-                    input_gradients=False,
-                    input_centered=False,
-                    core=replace(c.core, in_channels=c.core.in_channels - 3),
-                ),
-                True,
-            )
-            for t, c in full.items()
+            t: (c.with_inputs(input_gradients=False, input_centered=False), True) for t, c in full.items()
         },
     }
     if resized:

@@ -67,21 +67,15 @@ def variant_config(spec: str) -> ModelConfig:
     config = _image_only(get_config(name.strip()), name.strip())
     try:
         changes = field_changes(text, CORE_FIELDS | READOUT_FIELDS | INPUT_FIELDS)
-        inputs = {k: v for k, v in changes.items() if k in INPUT_FIELDS}
-        for flag in ("input_centered", "input_gradients"):
-            if not isinstance(inputs.setdefault(flag, getattr(config, flag)), bool):
-                raise InvalidInput(f"{flag}: {inputs[flag]!r}; expected true or false")
-        in_channels = (  # a centred copy is one channel, the gradients two
-            config.core.in_channels
-            + (inputs["input_centered"] - config.input_centered)
-            + 2 * (inputs["input_gradients"] - config.input_gradients)
-        )
+        flags = {k: changes.pop(k) for k in ("input_centered", "input_gradients") if k in changes}
+        config = config.with_inputs(**flags)  # the core's in_channels follows the inputs
         core = {k: v for k, v in changes.items() if k in CORE_FIELDS}
         readout = {k: v for k, v in changes.items() if k in READOUT_FIELDS}
+        inputs = {k: v for k, v in changes.items() if k in INPUT_FIELDS}
         return replace(
             config,
             **inputs,
-            core=replace(config.core, **core, in_channels=in_channels),
+            core=replace(config.core, **core),
             readout=replace(config.readout, **readout),
         )
     except ValueError as exc:

@@ -119,7 +119,7 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
     [
         ("twin:widht=3", "'widht=3'; expected FIELD=VALUE with FIELD one of ['batch_norm_momentum'"),
         ("twin:in_channels=2", "'in_channels=2'; expected FIELD=VALUE"),  # it follows the inputs
-        ("twin:input_centered=1", "input_centered: 1; expected true or false"),
+        ("twin:input_centered=1", "input_centered: 1; expected True or False"),
         ("twin:position_init=centre", "position_init: 'centre'; expected one of ['random', 'data']"),
         ("twin:correlation_weight=-1", "correlation_weight: -1; expected a number in [0.0, inf]"),
         ("twin_behavior", "'twin_behavior' uses behaviour; expected an image-only model"),

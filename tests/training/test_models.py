@@ -80,6 +80,20 @@ def test_registry_has_the_baselines():
     assert plus.behavior_channels and plus.shifter and plus.core.in_channels == 4
 
 
+def test_with_inputs_changes_the_input_channels_and_the_core_follows():
+    twin = get_config("twin_behavior")  # image, centred copy, gradients, behaviour: 7 channels
+    assert twin.core.in_channels == 7
+    plain = twin.with_inputs(input_gradients=False, behavior_channels=False)
+    assert plain.core.in_channels == 2 and plain.input_centered and not plain.behavior_channels
+    assert plain.core == replace(twin.core, in_channels=2) and plain.with_inputs() == plain
+    with pytest.raises(InvalidInput, match=r"core.in_channels: 7; expected 5"):
+        replace(twin, input_gradients=False)  # what with_inputs saves a caller from
+    with pytest.raises(InvalidInput, match=r"input_gradients: 0; expected True or False"):
+        twin.with_inputs(input_gradients=0)
+    with pytest.raises(InvalidInput, match=r"shifter: not an input channel field; expected one of"):
+        twin.with_inputs(shifter=False)
+
+
 @pytest.mark.parametrize("name", available())
 def test_forward_backward(name):
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ artifact (`from_dict`). Every field is checked on construction; errors name the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from twin.errors import InvalidInput
@@ -41,6 +41,11 @@ def _check_bool(obj: object, name: str) -> None:
     value = getattr(obj, name)
     if not isinstance(value, bool):
         raise InvalidInput(f"{name}: {value!r}; expected True or False")
+
+
+def _input_channels(centered: bool, gradients: bool, behavior: bool) -> int:
+    """The image, its centred copy (1), its gradients (2), the behaviour planes (3): see ModelConfig."""
+    return 1 + int(centered) + 2 * int(gradients) + 3 * int(behavior)
 
 
 def _from_mapping(cls: type, data: Any, where: str) -> Any:
@@ -224,7 +229,20 @@ class ModelConfig:
     @property
     def in_channels(self) -> int:
         """Channels the core receives: the image, its derived channels, and the behaviour planes."""
-        return 1 + int(self.input_centered) + 2 * int(self.input_gradients) + 3 * int(self.behavior_channels)
+        return _input_channels(self.input_centered, self.input_gradients, self.behavior_channels)
+
+    def with_inputs(self, **inputs: bool) -> ModelConfig:
+        """This model with some of input_centered, input_gradients, behavior_channels changed and its
+        core's in_channels following them (`replace` alone refuses the mismatch)."""
+        known = ("input_centered", "input_gradients", "behavior_channels")
+        for name, value in inputs.items():
+            if name not in known:
+                raise InvalidInput(f"{name}: not an input channel field; expected one of {list(known)}")
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{name}: {value!r}; expected True or False")
+        flags = [inputs.get(name, getattr(self, name)) for name in known]
+        core = replace(self.core, in_channels=_input_channels(*flags))
+        return replace(self, core=core, **inputs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested dicts for core and readout)."""
