@@ -323,6 +323,7 @@ def train_members(
         batch_size=config.batch_size,
         lr=config.lr,
         correlation_weight=config.correlation_weight,
+        correlation_rounds=config.correlation_rounds,
         seed=config.seed,
         device=config.device,
         amp=config.amp,

@@ -13,13 +13,13 @@ given, this trains one model per variant and seed.
         --variant "twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0"
 
 A variant is NAME or NAME:FIELD=VALUE,... (NAME a registered image-only model; FIELDs of its core, of
-its readout, or input_gradients, input_centered, input_resize, correlation_weight; values read as JSON;
-the core's in_channels follows the inputs), or a model .json file (the format `run.json` stores, which
-`twin train --model` takes); its label is the text given, a file's its name without .json. Variants run
-in processes, --jobs at a time, the CPU's threads shared among them. Runs live in --work (default: a
-temporary folder), named after what they train: a later call with the same --work reuses the finished
-ones and continues an interrupted one from its last checkpoint. Prints a table; writes
-bench/results/core_form-<data key>-<device>.json (or --out).
+its readout, or input_gradients, input_centered, input_resize, correlation_weight, correlation_rounds;
+values read as JSON; the core's in_channels follows the inputs), or a model .json file (the format
+`run.json` stores, which `twin train --model` takes); its label is the text given, a file's its name
+without .json. Variants run in processes, --jobs at a time, the CPU's threads shared among them. Runs
+live in --work (default: a temporary folder), named after what they train: a later call with the same
+--work reuses the finished ones and continues an interrupted one from its last checkpoint. Prints a
+table; writes bench/results/core_form-<data key>-<device>.json (or --out).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a variant may change besides its core's fields (in_channels excepted: it follows the inputs).
 CORE_FIELDS = frozenset(f.name for f in fields(CoreConfig)) - {"in_channels"}
 READOUT_FIELDS = frozenset(f.name for f in fields(ReadoutConfig))
-INPUT_FIELDS = frozenset({"input_gradients", "input_centered", "input_resize", "correlation_weight"})
+INPUT_FIELDS = frozenset(
+    {"input_gradients", "input_centered", "input_resize", "correlation_weight", "correlation_rounds"}
+)
 
 
 def variant_config(spec: str) -> ModelConfig:

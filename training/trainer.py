@@ -53,6 +53,9 @@ class TrainConfig:
     scale_loss: bool = True
     # Poisson + weight * (1 - correlation), as SENSORIUM winners did; None: the model config's weight
     correlation_weight: float | None = None
+    # learning-rate rounds the correlation term stays in the loss (1: until the first decay); None: the
+    # model config's (ModelConfig.correlation_rounds)
+    correlation_rounds: int | None = None
     seed: int = 0
     device: str = "cpu"
     amp: bool = False  # bf16 autocast of the forward pass (CUDA, or a CPU with bf16 kernels)
@@ -67,15 +70,28 @@ class TrainConfig:
                 raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
         if self.correlation_weight is not None and not self.correlation_weight >= 0:
             raise InvalidInput(f"correlation_weight: {self.correlation_weight}; expected >= 0")
+        rounds = self.correlation_rounds
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+            raise InvalidInput(f"correlation_rounds: {rounds!r}; expected an integer >= 1")
         if not self.device.startswith(("cpu", "cuda")):
             raise InvalidInput(f"device: {self.device!r}; expected cpu, cuda or cuda:<index>")
 
     def for_model(self, model_config: object | None) -> TrainConfig:
-        """This config with its loss settled: its own correlation_weight when set, else the model
-        config's (0 for a model without one)."""
-        if self.correlation_weight is not None:
-            return self
-        return replace(self, correlation_weight=float(getattr(model_config, "correlation_weight", 0.0)))
+        """This config with its loss settled: its own correlation_weight and correlation_rounds where
+        set, else the model config's (weight 0 and rounds None, throughout, for a model without them)."""
+        weight, rounds = self.correlation_weight, self.correlation_rounds
+        if weight is None:
+            weight = float(getattr(model_config, "correlation_weight", 0.0))
+        if rounds is None:
+            rounds = getattr(model_config, "correlation_rounds", None)
+        return replace(self, correlation_weight=weight, correlation_rounds=rounds)
+
+    def correlation_weight_in(self, round_: int) -> float:
+        """The correlation term's weight in learning-rate round `round_` (0 before the first decay); a
+        config settled by `for_model`."""
+        if self.correlation_rounds is not None and round_ >= self.correlation_rounds:
+            return 0.0
+        return float(self.correlation_weight or 0.0)
 
 
 def check_device(device: str) -> str:
@@ -124,17 +140,23 @@ def _forward(model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor]) -
 
 
 def _loss(
-    model: torch.nn.Module, key: str, batch: dict[str, torch.Tensor], config: TrainConfig
+    model: torch.nn.Module,
+    key: str,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+    correlation_weight: float | None = None,
 ) -> torch.Tensor:
-    """Poisson + correlation_weight * (1 - correlation) of a batch; `config` settled by `for_model`."""
+    """Poisson + correlation_weight * (1 - correlation) of a batch; `config` settled by `for_model`, its
+    correlation_weight used unless one is given (the weight of the round being trained)."""
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.amp):
         if config.channels_last:
             batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
         predictions = _forward(model, key, batch).float()
     loss = poisson_loss(predictions, batch["responses"])
-    if config.correlation_weight:
-        loss = loss + config.correlation_weight * correlation_loss(predictions, batch["responses"])
+    weight = config.correlation_weight if correlation_weight is None else correlation_weight
+    if weight:
+        loss = loss + weight * correlation_loss(predictions, batch["responses"])
     return loss
 
 
@@ -236,6 +258,7 @@ def train(
         # The epoch's loss is summed where it is computed and read once: a read per step would make the
         # host wait for the device at every step.
         total, steps = torch.zeros((), dtype=torch.float64, device=config.device), 0
+        weight = config.correlation_weight_in(state["round"])
         epoch_batches = list(batches(data, "train", config.batch_size, rng))
         bar = tqdm(
             epoch_batches, desc=f"epoch {state['epoch'] + 1}", unit="step", disable=not progress, leave=False
@@ -244,7 +267,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             for key, idx in step:
                 batch = data[key].batch(idx)
-                loss = scale[key] * _loss(model, key, batch, config) + model.regularizer(key)
+                loss = scale[key] * _loss(model, key, batch, config, weight) + model.regularizer(key)
                 loss.backward()
                 total += loss.detach().double()
             optimizer.step()
@@ -263,6 +286,7 @@ def train(
             "train_loss": float(total) / max(steps, 1),
             "validation_correlation": correlation,
             "lr": lr,
+            "correlation_weight": weight,
             "seconds": round(time.perf_counter() - started, 3),
             "improved": improved,
         }

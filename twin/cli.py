@@ -212,6 +212,13 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     help="Add weight x (1 - correlation) to the Poisson loss.  [default: the model's: 1 for twin and "
     "twin_behavior, 0 for the baselines]",
 )
+@click.option(
+    "--correlation-rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep the correlation term for this many learning-rate rounds (1: until the first decay), the "
+    "Poisson loss alone after them.  [default: the model's: throughout]",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--amp/--no-amp", default=False, help="bf16 autocast of the forward pass.")
@@ -250,6 +257,7 @@ def train(
     batch_size,
     lr,
     correlation_weight,
+    correlation_rounds,
     seed,
     device,
     amp,
@@ -278,6 +286,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             correlation_weight=correlation_weight,
+            correlation_rounds=correlation_rounds,
             seed=seed,
             device=device,
             amp=amp,
@@ -299,6 +308,7 @@ def train(
         seed=seed,
         device=device,
         correlation_weight=correlation_weight,
+        correlation_rounds=correlation_rounds,
         amp=amp,
         channels_last=channels_last,
     )

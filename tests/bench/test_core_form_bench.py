@@ -110,6 +110,7 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
     # the readout, the inputs and the loss are fields too; the core's input channels follow the inputs
     plain = bench.variant_config("twin:position_init=random, correlation_weight=0, input_gradients=false")
     assert plain.readout.position_init == "random" and plain.correlation_weight == 0.0
+    assert bench.variant_config("twin:correlation_rounds=1").correlation_rounds == 1
     assert not plain.input_gradients and plain.input_centered and plain.core.in_channels == 2
     assert plain.core == replace(bench.variant_config("twin").core, in_channels=2)
 
@@ -122,6 +123,7 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
         ("twin:input_centered=1", "input_centered: 1; expected True or False"),
         ("twin:position_init=centre", "position_init: 'centre'; expected one of ['random', 'data']"),
         ("twin:correlation_weight=-1", "correlation_weight: -1; expected a number in [0.0, inf]"),
+        ("twin:correlation_rounds=0", "correlation_rounds: 0; expected an integer >= 1, or None"),
         ("twin_behavior", "'twin_behavior' uses behaviour; expected an image-only model"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -507,6 +508,33 @@ def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation
         assert float(correlation_loss(prediction, batch["responses"])) > 1  # the term is not negligible
     with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected >= 0"):
         TrainConfig(correlation_weight=-0.5)
+
+
+def test_the_correlation_term_s_rounds_come_from_the_model_unless_the_training_config_sets_them():
+    from training.trainer import TrainConfig
+
+    assert {get_config(name).correlation_rounds for name in available()} == {None}  # throughout
+    stored = get_config("twin").to_dict()
+    del stored["correlation_rounds"]  # a run stored before the field existed kept the term throughout
+    assert ModelConfig.from_dict(stored).correlation_rounds is None
+    once = replace(get_config("twin"), correlation_rounds=1)
+    assert ModelConfig.from_dict(once.to_dict()) == once
+    settled = TrainConfig().for_model(once)
+    assert (settled.correlation_weight, settled.correlation_rounds) == (1.0, 1)
+    assert [settled.correlation_weight_in(r) for r in range(3)] == [1.0, 0.0, 0.0]
+    settled = TrainConfig(correlation_rounds=2).for_model(once)
+    assert [settled.correlation_weight_in(r) for r in range(3)] == [1.0, 1.0, 0.0]
+    throughout = TrainConfig(correlation_weight=0.5).for_model(get_config("twin"))
+    assert [throughout.correlation_weight_in(r) for r in range(5)] == [0.5] * 5
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(
+            InvalidInput, match=rf"correlation_rounds: {re.escape(repr(bad))}; expected an integer >= 1"
+        ):
+            replace(get_config("twin"), correlation_rounds=bad)
+        with pytest.raises(
+            InvalidInput, match=rf"correlation_rounds: {re.escape(repr(bad))}; expected an integer >= 1"
+        ):
+            TrainConfig(correlation_rounds=bad)
 
 
 def test_registry_refuses_duplicates_and_unknown_names(monkeypatch):

@@ -219,6 +219,34 @@ def test_the_recipe_decays_the_lr_from_the_best_weights_then_stops(tiny_paths, s
         torch.testing.assert_close(last["model"][name], value, rtol=0, atol=0, msg=name)
 
 
+def test_the_correlation_term_leaves_the_loss_after_its_rounds(tiny_paths, small_cnn, tmp_path):
+    """correlation_rounds=1: Poisson + (1 - correlation) until the first learning-rate decay, then the
+    Poisson loss alone; the same training as the term kept throughout up to there, a smaller loss after."""
+    config = replace(
+        FAST, max_epochs=10, patience=1, lr_decay_steps=3, tolerance=10.0, correlation_weight=1.0
+    )
+    logs = {}
+    for rounds in (None, 1):
+        run = tmp_path / f"rounds-{rounds}"
+        train_run(
+            [tiny_paths["90002-1-1"]],
+            small_cnn,
+            run,
+            config=replace(config, correlation_rounds=rounds),
+            progress=False,
+        )
+        lines = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
+        logs[rounds] = [json.loads(line) for line in lines]
+        assert json.loads((run / "run.json").read_text())["train"]["correlation_rounds"] == rounds
+    assert [e.get("lr_decay") for e in logs[1]] == [None, 1, 2, 3]
+    assert [e["correlation_weight"] for e in logs[None]] == [1.0, 1.0, 1.0, 1.0]
+    assert [e["correlation_weight"] for e in logs[1]] == [1.0, 1.0, 0.0, 0.0]
+    # Epochs 1-2 are the same training; epoch 3 starts from the same weights (epoch 1's, restored at the
+    # decay) with the same batches, without the correlation term (> 1 per batch: see test_correlation_loss).
+    assert [e["train_loss"] for e in logs[1][:2]] == [e["train_loss"] for e in logs[None][:2]]
+    assert logs[1][2]["train_loss"] < logs[None][2]["train_loss"] - 1
+
+
 def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):
     one_epoch = replace(FAST, max_epochs=1)
     paths = [tiny_paths["90002-1-1"]]

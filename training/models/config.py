@@ -180,6 +180,10 @@ class ModelConfig:
     first conv on the full-resolution images instead of the baseline's resize).
     correlation_weight: its loss, Poisson + correlation_weight * (1 - per-neuron correlation over the
     batch) (the winners' loss; 0: the baselines' Poisson loss alone). A training config may override it.
+    correlation_rounds: how long the correlation term stays in the loss, in learning-rate rounds (round 1
+    runs until the first decay of the learning rate, round 2 until the second, ...); None: throughout. The
+    term speeds the first epochs and costs at the end (README "Core form"), so 1 keeps it until the
+    validation correlation first plateaus and trains on the Poisson loss alone from there.
     """
 
     name: str
@@ -194,6 +198,7 @@ class ModelConfig:
     modulator_hidden: int = 16
     correlation_weight: float = 0.0
     input_resize: str = "bilinear"
+    correlation_rounds: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -206,6 +211,11 @@ class ModelConfig:
             _check_bool(self, name)
         _check_int(self, "modulator_hidden", 1)
         _check_float(self, "correlation_weight", 0.0, float("inf"))
+        rounds = self.correlation_rounds
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+            raise InvalidInput(
+                f"correlation_rounds: {rounds!r}; expected an integer >= 1, or None (throughout)"
+            )
         if self.input_resize not in RESIZE_MODES:
             raise InvalidInput(f"input_resize: {self.input_resize!r}; expected one of {list(RESIZE_MODES)}")
         shape = self.image_shape
