@@ -133,3 +133,31 @@ def test_generated_grpc_stubs_import_the_committed_package():
         "from twin._proto.inference import grpc_predict_v2_pb2"
         in (STUBS / "inference" / "grpc_predict_v2_pb2_grpc.py").read_text()
     )
+
+
+def _lowest(requirements: list[str], name: str) -> tuple[int, ...]:
+    """The version `name`'s `NAME>=X,<Y` requirement in `requirements` starts at, as integers."""
+    (spec,) = [r[len(name) :] for r in requirements if r.startswith(name) and r[len(name)] in "<>=!~ "]
+    (low,) = [part.strip()[2:] for part in spec.split(",") if part.strip().startswith(">=")]
+    return tuple(int(p) for p in low.split("."))
+
+
+def test_the_declared_ranges_admit_no_runtime_the_stubs_refuse():
+    """Generated stubs refuse, at import, a grpcio older than the grpcio-tools that wrote them and a
+    protobuf older than the one they name; the serving extras' lower bounds must not admit those."""
+    import re
+    import tomllib
+
+    from twin._proto.twin.v1 import twin_pb2_grpc
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    header = (STUBS / "twin" / "v1" / "twin_pb2.py").read_text()
+    protobuf = tuple(int(p) for p in re.search(r"Protobuf Python Version: ([\d.]+)", header)[1].split("."))
+    grpc = tuple(int(p) for p in twin_pb2_grpc.GRPC_GENERATED_VERSION.split("."))
+    for extra in ("serve", "gpu"):
+        assert _lowest(extras[extra], "grpcio") >= grpc, (
+            f"{extra}: admits a grpcio the stubs refuse (< {grpc})"
+        )
+        assert _lowest(extras[extra], "protobuf") >= protobuf, (
+            f"{extra}: admits a protobuf older than {protobuf}"
+        )
