@@ -47,6 +47,18 @@ def trained(tiny_paths, small_cnn, tmp_path_factory) -> Path:
     return run
 
 
+def member_log(run: Path, member: int = 0) -> list[dict]:
+    """A run's member's per-epoch log."""
+    lines = (run / "members" / f"member-{member}" / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def trained_log(path: Path, model: Path, run: Path, config: TrainConfig) -> list[dict]:
+    """Train a single model of `model` on the recording at `path` into `run`; its per-epoch log."""
+    train_run([path], model, run, config=config, progress=False)
+    return member_log(run)
+
+
 def test_preprocessing_follows_the_reference(tiny_paths):
     rec = load_recording(tiny_paths["90002-1-1"], progress=False)
     d = RecordingTensors.from_recording(rec)
@@ -97,9 +109,7 @@ def test_a_small_cnn_learns(trained, tiny_paths):
         d.responses[idx].numpy(), prediction[np.random.default_rng(0).permutation(len(idx))]
     )
     assert observed > 0.1 and observed > shuffled.mean() + 0.08
-    log = [
-        json.loads(line) for line in (trained / "members" / "member-0" / "log.jsonl").read_text().splitlines()
-    ]
+    log = member_log(trained)
     assert [e["epoch"] for e in log] == list(range(1, len(log) + 1))
 
 
@@ -189,8 +199,7 @@ def test_a_killed_training_run_resumes_where_it_stopped(tiny_paths, small_cnn, t
     assert resumed.returncode == 0, resumed.stderr
 
     def history(run: Path) -> list[float]:
-        lines = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
-        return [json.loads(line)["validation_correlation"] for line in lines]
+        return [e["validation_correlation"] for e in member_log(run)]
 
     assert len(history(tmp_path / "killed")) == 5
     np.testing.assert_allclose(history(tmp_path / "killed"), history(tmp_path / "whole"), rtol=1e-5)
@@ -202,9 +211,8 @@ def test_the_recipe_decays_the_lr_from_the_best_weights_then_stops(tiny_paths, s
     import torch
 
     config = replace(FAST, max_epochs=10, patience=1, lr_decay_steps=2, tolerance=10.0)
-    train_run([tiny_paths["90002-1-1"]], small_cnn, tmp_path / "run", config=config, progress=False)
+    log = trained_log(tiny_paths["90002-1-1"], small_cnn, tmp_path / "run", config)
     member = tmp_path / "run" / "members" / "member-0"
-    log = [json.loads(line) for line in (member / "log.jsonl").read_text().splitlines()]
     assert [(e["epoch"], e["improved"], e.get("lr_decay")) for e in log] == [
         (1, True, None),
         (2, False, 1),
@@ -228,15 +236,9 @@ def test_the_correlation_term_leaves_the_loss_after_its_rounds(tiny_paths, small
     logs = {}
     for rounds in (None, 1):
         run = tmp_path / f"rounds-{rounds}"
-        train_run(
-            [tiny_paths["90002-1-1"]],
-            small_cnn,
-            run,
-            config=replace(config, correlation_rounds=rounds),
-            progress=False,
+        logs[rounds] = trained_log(
+            tiny_paths["90002-1-1"], small_cnn, run, replace(config, correlation_rounds=rounds)
         )
-        lines = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
-        logs[rounds] = [json.loads(line) for line in lines]
         assert json.loads((run / "run.json").read_text())["train"]["correlation_rounds"] == rounds
     assert [e.get("lr_decay") for e in logs[1]] == [None, 1, 2, 3]
     assert [e["correlation_weight"] for e in logs[None]] == [1.0, 1.0, 1.0, 1.0]
@@ -477,15 +479,8 @@ def test_channels_last_trains_the_same_model(tiny_paths, small_cnn, tmp_path):
     curves = {}
     for layout in (True, False):
         run = tmp_path / f"channels-last-{layout}"
-        train_run(
-            [tiny_paths["90001-1-1"]],
-            small_cnn,
-            run,
-            config=replace(config, channels_last=layout),
-            progress=False,
-        )
-        log = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
-        curves[layout] = [json.loads(line)["validation_correlation"] for line in log]
+        log = trained_log(tiny_paths["90001-1-1"], small_cnn, run, replace(config, channels_last=layout))
+        curves[layout] = [e["validation_correlation"] for e in log]
     assert len(curves[True]) == 2
     np.testing.assert_allclose(curves[True], curves[False], atol=2e-3)
 
@@ -504,8 +499,7 @@ def test_fine_tuning_starts_from_a_pretrained_shared_core(tiny_paths, small_cnn,
         train_run(
             [tiny_paths["90001-1-1"]], small_cnn, run, config=config, progress=False, init_from=init_from
         )
-        log = (run / "members" / "member-0" / "log.jsonl").read_text().splitlines()
-        first_epoch[name] = json.loads(log[0])["validation_correlation"]
+        first_epoch[name] = member_log(run)[0]["validation_correlation"]
     start = json.loads((tmp_path / "fine-tuned" / "members" / "member-0" / "training.json").read_text())[
         "start"
     ]
