@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training.data import RecordingTensors, batches
+from training.models.config import check_correlation_rounds
 from twin import metrics
 from twin.atomic import replacing, write_text
 from twin.errors import InvalidInput
@@ -70,9 +71,7 @@ class TrainConfig:
                 raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
         if self.correlation_weight is not None and not self.correlation_weight >= 0:
             raise InvalidInput(f"correlation_weight: {self.correlation_weight}; expected >= 0")
-        rounds = self.correlation_rounds
-        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
-            raise InvalidInput(f"correlation_rounds: {rounds!r}; expected an integer >= 1")
+        check_correlation_rounds(self.correlation_rounds)
         if not self.device.startswith(("cpu", "cuda")):
             raise InvalidInput(f"device: {self.device!r}; expected cpu, cuda or cuda:<index>")
 
@@ -144,19 +143,18 @@ def _loss(
     key: str,
     batch: dict[str, torch.Tensor],
     config: TrainConfig,
-    correlation_weight: float | None = None,
+    correlation_weight: float,
 ) -> torch.Tensor:
-    """Poisson + correlation_weight * (1 - correlation) of a batch; `config` settled by `for_model`, its
-    correlation_weight used unless one is given (the weight of the round being trained)."""
+    """Poisson + correlation_weight * (1 - correlation) of a batch (the weight of the round being
+    trained: `config.correlation_weight_in`); `config` says where and how the forward pass runs."""
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.amp):
         if config.channels_last:
             batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
         predictions = _forward(model, key, batch).float()
     loss = poisson_loss(predictions, batch["responses"])
-    weight = config.correlation_weight if correlation_weight is None else correlation_weight
-    if weight:
-        loss = loss + weight * correlation_loss(predictions, batch["responses"])
+    if correlation_weight:
+        loss = loss + correlation_weight * correlation_loss(predictions, batch["responses"])
     return loss
 
 

@@ -503,7 +503,7 @@ def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation
             prediction = run(model, key, batch)
             want = poisson_loss(prediction, batch["responses"])
             want = want + expected * correlation_loss(prediction, batch["responses"])
-            got = _loss(model, key, batch, config)
+            got = _loss(model, key, batch, config, config.correlation_weight_in(0))
         torch.testing.assert_close(got, want)
         assert float(correlation_loss(prediction, batch["responses"])) > 1  # the term is not negligible
     with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected >= 0"):

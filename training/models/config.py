@@ -25,6 +25,12 @@ def _check_int(obj: object, name: str, minimum: int) -> None:
         raise InvalidInput(f"{name}: {value!r}; expected an integer >= {minimum}")
 
 
+def check_correlation_rounds(value: object) -> None:
+    """correlation_rounds (a model's or a training config's): None, or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidInput(f"correlation_rounds: {value!r}; expected an integer >= 1, or None (throughout)")
+
+
 def _check_float(obj: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
     """A number in [low, high] (or (low, high] with open_low); ints are accepted and stored as floats."""
     value = getattr(obj, name)
@@ -182,8 +188,8 @@ class ModelConfig:
     batch) (the winners' loss; 0: the baselines' Poisson loss alone). A training config may override it.
     correlation_rounds: how long the correlation term stays in the loss, in learning-rate rounds (round 1
     runs until the first decay of the learning rate, round 2 until the second, ...); None: throughout. The
-    term speeds the first epochs and costs at the end (README "Core form"), so 1 keeps it until the
-    validation correlation first plateaus and trains on the Poisson loss alone from there.
+    term costs at the end (README "Core form"), so 1 keeps it until the validation correlation first
+    plateaus and trains on the Poisson loss alone from there.
     """
 
     name: str
@@ -211,11 +217,7 @@ class ModelConfig:
             _check_bool(self, name)
         _check_int(self, "modulator_hidden", 1)
         _check_float(self, "correlation_weight", 0.0, float("inf"))
-        rounds = self.correlation_rounds
-        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
-            raise InvalidInput(
-                f"correlation_rounds: {rounds!r}; expected an integer >= 1, or None (throughout)"
-            )
+        check_correlation_rounds(self.correlation_rounds)
         if self.input_resize not in RESIZE_MODES:
             raise InvalidInput(f"input_resize: {self.input_resize!r}; expected one of {list(RESIZE_MODES)}")
         shape = self.image_shape
