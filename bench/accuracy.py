@@ -42,7 +42,8 @@ after every finished cell ("complete": false until the last), so a run cut short
 is refused) keep its finished cells and train only the rest (its earlier runs are listed in the file).
 `--work DIR` keeps the trainings in DIR, named after what they train: a later table reuses the finished
 ones and continues those an interrupted table left from their members' last checkpoints, so a stopped
-`--resume --work DIR` run loses only the epochs it was in.
+`--resume --work DIR` run loses only the epochs it was in. A run stored before a config field existed
+(under the name its fields then gave it) is found by what its run.json trains.
 `--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU);
 `--mei-steps N` shortens the MEIs' gradient ascent (default 100; a pipeline check needs a few).
 """
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -138,6 +140,40 @@ def image_only(model: ModelConfig) -> ModelConfig:
     )
 
 
+def _training(
+    model: ModelConfig, paths: list[Path], members: int, config: TrainConfig, init_from: str | None
+) -> dict:
+    """What a run trains, as it compares: the model and the training settled as run.json states them."""
+    return {
+        "model": model.to_dict(),
+        "paths": [str(Path(p).resolve()) for p in paths],
+        "members": members,
+        "train": asdict(config.for_model(model)),
+        "init_from": init_from,
+    }
+
+
+def stored_alike(folder: Path, model: ModelConfig, members: int, training: dict) -> Path | None:
+    """A run in `folder` under another name whose run.json trains what `training` says.
+
+    Run names digest every config field, so a field added since a run was stored (at the default that
+    keeps the stored model as it was) renames it; its run.json, loaded with the fields added since at
+    their defaults, still says it is the same training. Runs whose run.json is missing, unreadable or of
+    another training are not it."""
+    for candidate in sorted(folder.glob(f"{model.name}-{members}-*/run.json")):
+        try:
+            stored = json.loads(candidate.read_text())
+            recorded = ModelConfig.from_dict(stored["model"])
+            settled = TrainConfig(**{**asdict(TrainConfig()), **stored["train"]})
+            paths = [Path(p) for p in stored["recordings"].values()]
+            alike = _training(recorded, paths, stored["members"], settled, stored.get("init_from"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if alike == training:
+            return candidate.parent
+    return None
+
+
 def trained_once(
     model: ModelConfig,
     paths: list[Path],
@@ -151,14 +187,25 @@ def trained_once(
     wait (a file lock: cells run in processes), and reused after: (run, reused, continued). Cells of both
     tracks share a pre-training this way, and the LN rows their one training. A run that an earlier
     process left unfinished in `folder` (stopped, killed) is continued from its members' last checkpoints
-    (`twin train --resume`): only the interrupted epochs are trained again."""
+    (`twin train --resume`): only the interrupted epochs are trained again. A run stored under the name
+    an earlier set of config fields gave it is found by what its run.json trains (`stored_alike`)."""
     spec = {"model": model.to_dict(), "paths": [str(p) for p in paths], "members": members}
     spec |= {"train": asdict(config), "init_from": None if init_from is None else str(init_from)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder.mkdir(parents=True, exist_ok=True)
     run = folder / f"{model.name}-{members}-{digest}"
-    with open(folder / f"{run.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with contextlib.ExitStack() as locks:
+
+        def lock(name: str) -> None:  # released when the file closes, also if this process dies
+            fcntl.flock(locks.enter_context(open(folder / f"{name}.lock", "w")), fcntl.LOCK_EX)
+
+        lock(run.name)
+        if not (run / "run.json").is_file():
+            training = _training(model, paths, members, config, spec["init_from"])
+            alike = stored_alike(folder, model, members, training)
+            if alike is not None:
+                run = alike
+                lock(run.name)  # its own name's lock: a process of the other name may be training it
         if (run / "metrics.json").is_file():
             return run, True, False
         continued = (run / "run.json").is_file()  # started by an earlier process, which stopped

@@ -72,6 +72,30 @@ def test_variants_train_alike_are_scored_against_the_truth_and_reused(
             k: v for k, v in before.items() if k != "run"
         }
 
+    # A run stored before a config field existed had another name (the name digests every field): its
+    # run.json, without the field, is the same training, so the bench reuses it where it lies.
+    spec = variants[0]
+    earlier = runs[0].with_name(f"{runs[0].name.rsplit('-', 1)[0]}-000000000000")
+    runs[0].rename(earlier)
+    stored = json.loads((earlier / "run.json").read_text())
+    del stored["model"]["correlation_rounds"], stored["train"]["correlation_rounds"]
+    (earlier / "run.json").write_text(json.dumps(stored))
+    # Beside it, a copy that trained at another learning rate is not the same training.
+    other = earlier.with_name(f"{earlier.name[:-1]}1")
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({**stored, "train": {**stored["train"], "lr": 0.5}}))
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    found = json.loads(out.read_text())["variants"][spec]["seeds"]["0"]
+    assert found["run"] == {"name": earlier.name, "reused": True, "continued": False}
+    assert found["correlation_to_average"] == result["variants"][spec]["seeds"]["0"]["correlation_to_average"]
+    accuracy = bench_module("accuracy")
+    model = bench_module("core_form").variant_config(spec)
+    training = accuracy._training(model, [tiny_paths[LEARNS]], 1, accuracy.TrainConfig(max_epochs=5), None)
+    assert accuracy.stored_alike(work / "runs", model, 1, training) == earlier
+    (earlier / "run.json").unlink()
+    assert accuracy.stored_alike(work / "runs", model, 1, training) is None
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
