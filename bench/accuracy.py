@@ -164,7 +164,7 @@ def stored_alike(folder: Path, model: ModelConfig, members: int, training: dict)
         try:
             stored = json.loads(candidate.read_text())
             recorded = ModelConfig.from_dict(stored["model"])
-            settled = TrainConfig(**{**asdict(TrainConfig()), **stored["train"]})
+            settled = TrainConfig(**stored["train"])  # fields added since: their defaults
             paths = [Path(p) for p in stored["recordings"].values()]
             alike = _training(recorded, paths, stored["members"], settled, stored.get("init_from"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
