@@ -46,6 +46,9 @@ ones and continues those an interrupted table left from their members' last chec
 (under the name its fields then gave it) is found by what its run.json trains.
 `--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU);
 `--mei-steps N` shortens the MEIs' gradient ascent (default 100; a pipeline check needs a few).
+The learning rate defaults to the recipe's 0.009 for batch 128 scaled linearly with `--batch-size`
+(0.00225 at `--quick`'s 32; at 0.009 a 16-channel `twin` at batch 32 fails to learn on `tiny` in some
+seeds), and the reference CNN trains at it too; `--lr` sets it.
 """
 
 from __future__ import annotations
@@ -325,6 +328,12 @@ def in_silico(
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def scaled_lr(batch_size: int) -> float:
+    """The recipe's learning rate (the reference's, for its batch of 128) scaled linearly to `batch_size`:
+    as many steps per epoch at the same rate made narrow models on few trials fail to learn."""
+    return TrainConfig.lr * batch_size / TrainConfig.batch_size
+
+
 # TrainConfig fields that `twin train` does not take: they must keep their defaults to train through it.
 _CLI_FIXED = ("patience", "lr_decay_factor", "lr_decay_steps", "min_lr", "tolerance", "scale_loss")
 
@@ -399,7 +408,9 @@ def run_reference(
     )
     overrides = {} if width is None else {"hidden_channels": width}
     model = reference.build_reference_model(loaders, shifter=behavior, **overrides).to(device)
-    outcome = reference.train_early_stopped(model, loaders, max_epochs=config.max_epochs, device=device)
+    outcome = reference.train_early_stopped(
+        model, loaders, max_epochs=config.max_epochs, lr=config.lr, device=device
+    )
     key = next(k for k in loaders["test"] if str(target.name).startswith(f"static{k}"))
     _, prediction = reference.predict_reference(model, loaders["test"][key], key, device)
     truth = load_tensors([target], with_held_out=True)[key]
@@ -485,6 +496,12 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default 128; 32 with --quick")
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"learning rate (default {TrainConfig.lr} x batch size / {TrainConfig.batch_size})",
+    )
+    parser.add_argument(
         "--ablation",
         nargs="?",
         const="all",
@@ -535,6 +552,9 @@ def main() -> None:
     width = positive_or(parser, "--width", args.width, 16 if args.quick else None)
     batch_size = positive_or(parser, "--batch-size", args.batch_size, 32 if args.quick else 128)
     mei_steps = positive_or(parser, "--mei-steps", args.mei_steps, MEI_STEPS)
+    lr = scaled_lr(batch_size) if args.lr is None else args.lr
+    if not lr > 0:
+        parser.error(f"--lr: {args.lr}; expected > 0")
     ablations = []
     if args.ablation is not None:
         ablations = list(ABLATIONS) if args.ablation == "all" else args.ablation.split(",")
@@ -568,7 +588,9 @@ def main() -> None:
         simulate(preset, data, seed=0, progress=False)
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
-    config = TrainConfig(max_epochs=epochs, batch_size=batch_size, device=args.device, amp=args.amp, seed=0)
+    config = TrainConfig(
+        max_epochs=epochs, batch_size=batch_size, lr=lr, device=args.device, amp=args.amp, seed=0
+    )
     target = {track: roles[role]["path"] for track, role in TRACKS.items()}
     # Pre-train (the image-only counterpart of the track's model) on every recording, when there is
     # more than the target.
@@ -675,6 +697,7 @@ def main() -> None:
         "width": width,
         "twin_core": twin_core,
         "batch_size": batch_size,
+        "lr": lr,
         "mei_steps": mei_steps,
         "device": args.device,
         "amp": args.amp,
@@ -743,11 +766,12 @@ def main() -> None:
 
 # What a resumed table must share with the file it continues: the same settings, rows and tracks.
 _RESUME_SAME = (
-    "preset", "quick", "members", "max_epochs", "width", "twin_core", "batch_size", "amp",
+    "preset", "quick", "members", "max_epochs", "width", "twin_core", "batch_size", "lr", "amp",
     "single_from_ensemble", "rows", "tracks", "mei_steps",
 )  # fmt: skip
-# ... and what a file written before a setting existed had instead: its default then.
-_RESUME_DEFAULTS = {"mei_steps": MEI_STEPS}
+# ... and what a file written before a setting existed had instead: its default then (the learning
+# rate was the recipe's at every batch size).
+_RESUME_DEFAULTS = {"mei_steps": MEI_STEPS, "lr": TrainConfig.lr}
 
 
 def resume_mismatch(earlier: dict, result: dict) -> list[str]:

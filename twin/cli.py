@@ -204,7 +204,14 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     "--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="At most this many."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.009, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.009,
+    show_default=True,
+    help="Adam's learning rate; the default is the reference's for batch 128: scale it with --batch-size "
+    "(e.g. x batch / 128; at 0.009, batch 32 can fail to train a narrow model on few trials).",
+)
 @click.option(
     "--correlation-weight",
     type=click.FloatRange(min=0),

@@ -50,6 +50,7 @@ def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pr
     assert result["complete"] and result["jobs"] == 2 and result["single_from_ensemble"]
     assert result["rows"] == ["cnn", "ensemble", "twin"] and result["tracks"] == ["sensorium", "sensorium+"]
     assert result["mei_steps"] == 5
+    assert result["batch_size"] == 32 and result["lr"] == pytest.approx(0.009 * 32 / 128)  # --quick's
     table = result["table"]
     assert set(table) == {"CNN (ours)", "twin (1 model)", "twin ensemble (2)", "oracle"}
     for track in ("sensorium", "sensorium+"):
@@ -112,6 +113,7 @@ def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pr
         weight = 1.0 if twin_model else 0.0
         assert description["model"]["correlation_weight"] == weight
         assert description["train"]["correlation_weight"] == weight
+        assert description["train"]["lr"] == pytest.approx(result["lr"])  # every training, at the table's
 
 
 @pytest.mark.slow
@@ -291,6 +293,8 @@ def test_a_stopped_table_stops_every_trainer_keeps_its_file_and_continues_from_c
         ("--members", "0", "--members: 0; expected >= 1"),
         ("--epochs", "0", "--epochs: 0; expected >= 1"),
         ("--batch-size", "0", "--batch-size: 0; expected >= 1"),
+        ("--lr", "0", "--lr: 0.0; expected > 0"),
+        ("--lr", "-0.001", "--lr: -0.001; expected > 0"),
         ("--mei-steps", "0", "--mei-steps: 0; expected >= 1"),
         ("--twin-core", "chanels=8", "--twin-core: 'chanels=8'; expected FIELD=VALUE with FIELD one of"),
         ("--twin-core", "channels=0", "--twin-core: channels: 0; expected an integer >= 1"),
@@ -367,8 +371,12 @@ def test_a_result_file_from_before_an_option_resumes_only_at_its_default():
     accuracy = bench_module("accuracy")
     oracle = {"sensorium": {"single_trial_correlation": 0.4, "correlation_to_average": 0.8, "feve": 1.0}}
     result = {k: None for k in accuracy._RESUME_SAME} | {"benchmark": "accuracy", "device": "cpu"}
-    result |= {"mei_steps": accuracy.MEI_STEPS, "table": {"oracle": oracle}}
-    earlier = {k: v for k, v in result.items() if k != "mei_steps"}  # written before --mei-steps existed
+    result |= {"mei_steps": accuracy.MEI_STEPS, "lr": 0.009, "table": {"oracle": oracle}}
+    # written before --mei-steps and --lr existed (the learning rate was 0.009 at every batch size)
+    earlier = {k: v for k, v in result.items() if k not in ("mei_steps", "lr")}
     assert accuracy.resume_mismatch(earlier, result) == []
     other = {**result, "mei_steps": 5}
     assert accuracy.resume_mismatch(earlier, other) == [f"mei_steps {accuracy.MEI_STEPS} here 5"]
+    # a --quick file from then trained at 0.009: the scaled default now is another table
+    scaled = {**result, "lr": accuracy.scaled_lr(32)}
+    assert accuracy.resume_mismatch(earlier, scaled) == ["lr 0.009 here 0.00225"]
