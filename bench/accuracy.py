@@ -40,9 +40,10 @@ Prints a table and writes bench/results/accuracy-<preset or quick>-<device>.json
 after every finished cell ("complete": false until the last), so a run cut short keeps what it trained;
 `--resume` continues such a file: the same settings on the same data (checked: a file of another table
 is refused) keep its finished cells and train only the rest (its earlier runs are listed in the file).
-`--work DIR` keeps the trainings in DIR, named after what they train: a later table reuses the finished
-ones and continues those an interrupted table left from their members' last checkpoints, so a stopped
-`--resume --work DIR` run loses only the epochs it was in. A run stored before a config field existed
+`--work DIR` keeps the simulation and the trainings in DIR, the latter named after what they train: a
+later table reuses the simulation and the finished trainings and continues those an interrupted table
+left from their members' last checkpoints, so a stopped `--resume --work DIR` run loses only the epochs
+it was in. A run stored before a config field existed
 (under the name its fields then gave it) is found by what its run.json trains.
 `--skip-in-silico` leaves out the in-silico measurements (the MEIs cost minutes per cell on CPU);
 `--mei-steps N` shortens the MEIs' gradient ascent (default 100; a pipeline check needs a few).
@@ -328,6 +329,21 @@ def in_silico(
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def simulated_once(preset: str, folder: Path) -> None:
+    """The `preset` simulation (seed 0) in `folder`: simulated there, or kept from an earlier table with the
+    same --work (a simulation is renamed into place whole: its simulation.json marks a finished one)."""
+    summary = folder / "simulation.json"
+    if not summary.is_file():
+        simulate(preset, folder, seed=0, progress=False)
+        return
+    found = json.loads(summary.read_text())
+    if (found.get("preset"), found.get("seed")) != (preset, 0):
+        raise ValueError(
+            f"{folder} holds the {found.get('preset')!r} preset's simulation with seed {found.get('seed')}; "
+            f"expected {preset!r} with seed 0 (another --work, or --data {folder})"
+        )
+
+
 def scaled_lr(batch_size: int) -> float:
     """The recipe's learning rate (the reference's, for its batch of 128) scaled linearly to `batch_size`:
     as many steps per epoch at the same rate made narrow models on few trials fail to learn."""
@@ -585,7 +601,10 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     data = args.data or work / preset
     if args.data is None:
-        simulate(preset, data, seed=0, progress=False)
+        try:
+            simulated_once(preset, data)
+        except ValueError as exc:
+            parser.error(f"--work: {exc}")
     roles = _recordings(data)
     every = [r["path"] for r in roles.values()]
     config = TrainConfig(

@@ -367,6 +367,17 @@ def test_resume_keeps_finished_cells_trains_the_rest_and_refuses_another_table(t
     assert out.read_text() == before
 
 
+def test_a_work_folder_keeps_its_simulation_for_the_next_table_and_refuses_another_preset(tiny_sim):
+    accuracy = bench_module("accuracy")
+    summary = tiny_sim / "simulation.json"
+    before = summary.stat().st_mtime_ns
+    accuracy.simulated_once("tiny", tiny_sim)  # an earlier table's: kept, not simulated again
+    assert summary.stat().st_mtime_ns == before
+    refused = "holds the 'tiny' preset's simulation with seed 0; expected 'small'"
+    with pytest.raises(ValueError, match=refused):
+        accuracy.simulated_once("small", tiny_sim)
+
+
 def test_a_result_file_from_before_an_option_resumes_only_at_its_default():
     accuracy = bench_module("accuracy")
     oracle = {"sensorium": {"single_trial_correlation": 0.4, "correlation_to_average": 0.8, "feve": 1.0}}
