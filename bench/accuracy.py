@@ -20,7 +20,8 @@ off one ingredient of `twin` / `twin_behavior` at a time (single models); `--abl
 adds some of them (names: ABLATIONS).
 `--single-from-ensemble` fills the `twin (1 model)` row with the ensemble members' own test scores,
 averaged, instead of training one more model per track (each member trains on the train tier less its
-early-stopping split, so the row slightly understates a model trained alone).
+early-stopping split, so the row slightly understates a model trained alone; the ablation rows are
+models trained alone, so leave it out beside --ablation: their changes are against that row).
 
     python bench/accuracy.py --device cuda --amp --jobs 4    # small preset: the GPU job (one H100/H200)
     python bench/accuracy.py --quick                  # tiny preset, 16-channel models: CPU pipeline check

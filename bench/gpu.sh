@@ -126,10 +126,11 @@ if wants accuracy; then
         --work "$work/accuracy" --out "$RESULTS/accuracy-small-$gpu.json" "${resume[@]}"
 fi
 # 2b. What each of twin's ingredients buys on `small`: one model per row, each without one ingredient,
-#     beside the full ensemble (whose members' spread is the noise a difference has to exceed).
+#     beside the full ensemble (whose members' spread is the noise a difference has to exceed) and the
+#     full model trained alone as they are (not the members' mean: members train on less of the train tier).
 if wants ablation; then
     run ablation "$PYTHON" bench/accuracy.py --device cuda --amp --jobs "$JOBS" --rows twin,ensemble \
-        --ablation "${ABLATIONS:-all}" --single-from-ensemble --data "$data" --work "$work/accuracy" \
+        --ablation "${ABLATIONS:-all}" --data "$data" --work "$work/accuracy" \
         --out "$RESULTS/accuracy-small-ablation-$gpu.json"
 fi
 # 3. Serving: ORT on the GPU when onnxruntime-gpu installs (it replaces the CPU build), else on CPU.
