@@ -5,7 +5,10 @@ recording's readout is then trained again, starting from the trained one, in eac
 same epochs with the run's loss (Poisson + its correlation weight), keeping the epoch of best validation
 correlation. A form that scores clearly above the retrained readout as it is would be worth building into
 the model; none doing so says that the features, i.e. the core, limit it. On a simulated recording the
-image-averaged test predictions are also correlated with the neurons' noise-free responses.
+image-averaged test predictions are also correlated with the neurons' noise-free responses, and
+`--targets truth` trains every form on those noise-free responses instead of the recorded ones (the
+validation epoch kept by correlation with them): what the frozen features can express at all, with no
+trial noise and no shortage of trials in the way, i.e. the core's ceiling for any readout of that form.
 
   as trained  the model's readout (Gaussian position, features . weights + bias, ELU + 1)
   output      + a monotone output nonlinearity per neuron, y + sum_k w_k tau_k log(1 + y / tau_k) with
@@ -15,8 +18,11 @@ image-averaged test predictions are also correlated with the neurons' noise-free
               y / (1 + softplus(v . f + e)), starting near y (v = 0, e = -4)
   layers      the readout reads every core layer, concatenated (neuralpredictors' stack=None); the last
               layer's weights start as trained, the others at 0
+  free        each neuron's position is its own parameter (no map from cortical coordinates, which keeps
+              positions smooth over the cortex), starting at the trained positions
 
     python bench/readout_form.py --run runs/cnn --data sim/static90001-1-1-... [--epochs 12 --lr 0.003]
+        [--forms "as trained,free"] [--targets truth]
 
 Image-only models (no shifter, behaviour channels or modulator). The features stay in memory as float16:
 trials x channels x H' x W' x 2 bytes, times the layers for `layers` (5.6 GB for 7,000 trials of the
@@ -43,7 +49,7 @@ from simulate import machine  # noqa: E402
 
 from twin.atomic import write_json  # noqa: E402
 
-FORMS = ("as trained", "output", "divisive", "layers")
+FORMS = ("as trained", "output", "divisive", "layers", "free")
 TAUS = (0.25, 1.0, 4.0)
 
 
@@ -81,8 +87,15 @@ def build_form(form: str, trained, coordinates, shape: tuple[int, ...]):
             last = trained.features.shape[1]
             self.channels = slice(0 if form == "layers" else shape[0] - last, shape[0])
             width = shape[0] - self.channels.start
-            self.readout = GaussianReadout((width, *shape[1:]), np.asarray(coordinates), trained.config)
             state = copy.deepcopy(trained.state_dict())
+            if form == "free":
+                n = trained.n_neurons
+                self.readout = GaussianReadout((width, *shape[1:]), None, trained.config, n_neurons=n)
+                with torch.no_grad():
+                    state = {k: v for k, v in state.items() if k in ("sigma", "features", "bias")}
+                    state["_mu"] = trained.eval().mu().detach().clone()
+            else:
+                self.readout = GaussianReadout((width, *shape[1:]), np.asarray(coordinates), trained.config)
             weights = torch.zeros(self.readout.n_neurons, width)
             weights[:, -last:] = state["features"]  # the other layers' weights start at 0
             self.readout.load_state_dict({**state, "features": weights})
@@ -114,7 +127,15 @@ def _training(run: Path) -> dict | None:
     return {"epochs": done.get("epochs"), "best_epoch": done.get("best_epoch")}
 
 
-def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], epochs: int, lr: float) -> dict:
+def measure(
+    run: Path,
+    data: Path,
+    simulation: Path | None,
+    forms: list[str],
+    epochs: int,
+    lr: float,
+    targets: str = "responses",
+) -> dict:
     import torch
 
     from training.run import load_members, load_tensors
@@ -145,9 +166,19 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
         features = torch.cat(chunks)  # (trials, C [x layers], H', W')
     train, validation, test = (d.indices(t) for t in ("train", "validation", "test"))
     responses = d.responses
-    truth = None
+    truth = None  # (trials, neurons): the noise-free responses to every trial's image
     if simulation is not None:
-        truth = GroundTruth.load(simulation, key)(np.asarray(recording.images[test]))
+        ground_truth = GroundTruth.load(simulation, key)
+        truth = np.concatenate(
+            [ground_truth(np.asarray(recording.images[s : s + 500])) for s in range(0, len(d.images), 500)]
+        ).astype(np.float32)
+    if targets == "truth":
+        if truth is None:
+            raise InvalidInput("targets: 'truth' needs the recording's simulation; expected --simulation")
+        # trained to, and selected by, the noise-free responses, standardized as the recorded ones are
+        fitted = torch.from_numpy(truth / d.preprocessing.response_std)
+    else:
+        fitted = responses
 
     def fit(form: str) -> dict:
         torch.manual_seed(0)
@@ -165,14 +196,14 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
             order = train[np.random.default_rng(epoch).permutation(len(train))]
             for s in range(0, len(order), 128):
                 batch = order[s : s + 128]
-                p, r = model(features[batch], True), responses[batch]
+                p, r = model(features[batch], True), fitted[batch]
                 loss = poisson_loss(p, r) + model.readout.regularizer()
                 if weight:
                     loss = loss + weight * correlation_loss(p, r)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            score = float(metrics.correlation(responses[validation].numpy(), predict(validation)).mean())
+            score = float(metrics.correlation(fitted[validation].numpy(), predict(validation)).mean())
             if score > best:
                 best, kept = score, copy.deepcopy(model.state_dict())
         model.load_state_dict(kept)
@@ -188,7 +219,7 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
         if truth is not None:
             ids, first = np.unique(d.image_ids[test], return_index=True)
             averaged = np.stack([predicted[d.image_ids[test] == i].mean(0) for i in ids])
-            truth_corr = metrics.correlation(truth[first], averaged)  # (neurons,)
+            truth_corr = metrics.correlation(truth[test][first], averaged)  # (neurons,)
             out["correlation_with_truth"] = round(float(truth_corr.mean()), 4)
         return out
 
@@ -201,6 +232,7 @@ def measure(run: Path, data: Path, simulation: Path | None, forms: list[str], ep
         "trials": {"train": len(train), "validation": len(validation), "test": len(test)},
         "features": list(features.shape[1:]),
         "correlation_weight": weight,
+        "targets": targets,
         "forms": {form: fit(form) for form in forms},
     }
 
@@ -211,6 +243,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="one of its recordings")
     parser.add_argument("--simulation", type=Path, default=None, help="its simulation (default: found)")
     parser.add_argument("--forms", default=",".join(FORMS), help=f"some of {', '.join(FORMS)}")
+    parser.add_argument(
+        "--targets",
+        choices=("responses", "truth"),
+        default="responses",
+        help="train the readouts on the recorded responses or on the simulation's noise-free ones",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--out", type=Path, default=None)
@@ -227,14 +265,21 @@ def main() -> None:
     simulation = args.simulation
     if simulation is None and (args.data.parent / "ground_truth").is_dir():
         simulation = args.data.parent
-    row = measure(args.run, args.data, simulation, forms, args.epochs, args.lr)
+    if args.targets == "truth" and simulation is None:
+        parser.error("--targets truth: no simulation found beside --data; expected --simulation DIR")
+    row = measure(args.run, args.data, simulation, forms, args.epochs, args.lr, args.targets)
     result = {"benchmark": "readout_form", "run": args.run.name, "machine": machine(), "epochs": args.epochs}
     result |= {"lr": args.lr, **row}
-    out = args.out or ROOT / "bench" / "results" / f"readout_form-{args.run.name}-{row['data_key']}.json"
+    suffix = "-truth" if args.targets == "truth" else ""
+    out = (
+        args.out
+        or ROOT / "bench" / "results" / f"readout_form-{args.run.name}-{row['data_key']}{suffix}.json"
+    )
     write_json(out, result)
     truth = simulation is not None
     print(
-        f"{row['model']} {row['data_key']}: readout trained again on the frozen core ({args.epochs} epochs)"
+        f"{row['model']} {row['data_key']}: readout trained again on the frozen core ({args.epochs} epochs, "
+        f"to the {'noise-free' if args.targets == 'truth' else 'recorded'} responses)"
     )
     print(
         f"  {'form':12s} {'validation':>10s} {'single':>8s} {'average':>8s} {'FEVE':>7s}"

@@ -39,6 +39,8 @@ def test_every_form_starts_as_the_trained_readout(tiny_run, tiny_paths):
                     F.softplus(torch.tensor(-6.0)) * t * torch.log1p(trained / t) for t in bench.TAUS
                 )
             assert torch.allclose(model(every, False), expected, rtol=1e-5, atol=1e-6), form
+            # `free`: the trained positions, each neuron's own parameter now (no cortical map)
+            assert (model.readout.mu_transform is None) == (form == "free"), form
     # the output nonlinearity is monotone and stays so however it is trained
     output = bench._modules()[2](3)
     with torch.no_grad():
@@ -59,7 +61,8 @@ def test_the_bench_retrains_each_form_and_scores_it_against_the_truth(
     assert result["model"] == "cnn-tiny" and result["member_training"]["epochs"] == 1
     assert result["features"][0] == 16  # both layers' 8 channels, for the `layers` form
     assert result["trials"] == {"train": 720, "validation": 80, "test": 1000}
-    assert list(result["forms"]) == ["as trained", "output", "divisive", "layers"]
+    assert list(result["forms"]) == ["as trained", "output", "divisive", "layers", "free"]
+    assert result["targets"] == "responses"
     for form, scores in result["forms"].items():
         for metric in ("validation_correlation", "single_trial_correlation", "correlation_to_average"):
             assert -1 <= scores[metric] <= 1, (form, metric)
@@ -88,3 +91,39 @@ def test_bad_arguments_are_refused_by_name(
 def test_a_folder_that_is_not_a_run_is_refused(tiny_paths, tmp_path, monkeypatch, capsys):
     args = ["--run", str(tmp_path), "--data", str(tiny_paths[KEY]), "--out", str(tmp_path / "r.json")]
     assert_refused(SCRIPT, args, "is not a training run (no run.json)", tmp_path, monkeypatch, capsys)
+
+
+def test_truth_targets_train_and_select_on_the_noise_free_responses(
+    tiny_run, tiny_paths, tmp_path, monkeypatch, capsys
+):
+    scores = {}
+    for targets in ("responses", "truth"):
+        out = tmp_path / f"{targets}.json"
+        args = ["--run", str(tiny_run), "--data", str(tiny_paths[KEY]), "--forms", "as trained,free"]
+        args += ["--epochs", "2", "--targets", targets, "--out", str(out)]
+        code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+        assert code == 0, stderr[-2000:]
+        result = json.loads(out.read_text())
+        assert result["targets"] == targets and list(result["forms"]) == ["as trained", "free"]
+        scores[targets] = result["forms"]
+    for form in ("as trained", "free"):
+        # validation is scored against what was fitted: the truth has no trial noise to cap it (a
+        # single trial of `tiny` correlates about 0.45 with its own truth), so the same features
+        # correlate far better with it than with the recorded responses
+        truth, recorded = (scores[t][form]["validation_correlation"] for t in ("truth", "responses"))
+        assert truth > 1.3 * recorded > 0, (form, truth, recorded)
+        # in the recorded responses' units (standardized per neuron): fitted to the raw truth instead, the
+        # predictions' scale is off and FEVE, which scale changes, falls below the recorded fit's
+        assert scores["truth"][form]["feve"] > scores["responses"][form]["feve"], form
+        assert -1 <= scores["truth"][form]["correlation_with_truth"] <= 1
+
+
+def test_truth_targets_without_a_simulation_are_refused(tiny_paths, tiny_run, tmp_path, monkeypatch, capsys):
+    alone = tmp_path / "alone" / tiny_paths[KEY].name  # the recording with no ground truth beside it
+    alone.parent.mkdir()
+    alone.symlink_to(tiny_paths[KEY], target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--run", str(tiny_run), "--data", str(alone), "--targets", "truth", "--out", str(out / "r.json")]
+    message = "--targets truth: no simulation found beside --data"
+    assert_refused(SCRIPT, args, message, out, monkeypatch, capsys)
