@@ -87,15 +87,17 @@ def build_form(form: str, trained, coordinates, shape: tuple[int, ...]):
             last = trained.features.shape[1]
             self.channels = slice(0 if form == "layers" else shape[0] - last, shape[0])
             width = shape[0] - self.channels.start
+            mapped = trained.mu_transform is not None  # a run trained with free positions has no map
+            free = form == "free" or not mapped
+            self.readout = GaussianReadout(
+                (width, *shape[1:]),
+                None if free else np.asarray(coordinates),
+                trained.config,
+                n_neurons=trained.n_neurons,
+            )
             state = copy.deepcopy(trained.state_dict())
-            if form == "free":
-                n = trained.n_neurons
-                self.readout = GaussianReadout((width, *shape[1:]), None, trained.config, n_neurons=n)
-                with torch.no_grad():
-                    state = {k: v for k, v in state.items() if k in ("sigma", "features", "bias")}
-                    state["_mu"] = trained.eval().mu().detach().clone()
-            else:
-                self.readout = GaussianReadout((width, *shape[1:]), np.asarray(coordinates), trained.config)
+            if free and mapped:  # the map's positions become each neuron's own
+                state = {k: state[k] for k in ("sigma", "features", "bias")} | {"_mu": trained.mu().detach()}
             weights = torch.zeros(self.readout.n_neurons, width)
             weights[:, -last:] = state["features"]  # the other layers' weights start at 0
             self.readout.load_state_dict({**state, "features": weights})
@@ -166,19 +168,24 @@ def measure(
         features = torch.cat(chunks)  # (trials, C [x layers], H', W')
     train, validation, test = (d.indices(t) for t in ("train", "validation", "test"))
     responses = d.responses
-    truth = None  # (trials, neurons): the noise-free responses to every trial's image
+    if targets == "truth" and simulation is None:
+        raise InvalidInput("targets: 'truth' needs the recording's simulation; expected --simulation")
+    fitted, test_truth = responses, None  # test_truth: (test trials, neurons), the noise-free responses
     if simulation is not None:
         ground_truth = GroundTruth.load(simulation, key)
-        truth = np.concatenate(
-            [ground_truth(np.asarray(recording.images[s : s + 500])) for s in range(0, len(d.images), 500)]
-        ).astype(np.float32)
-    if targets == "truth":
-        if truth is None:
-            raise InvalidInput("targets: 'truth' needs the recording's simulation; expected --simulation")
-        # trained to, and selected by, the noise-free responses, standardized as the recorded ones are
-        fitted = torch.from_numpy(truth / d.preprocessing.response_std)
-    else:
-        fitted = responses
+
+        def truth_of(idx: np.ndarray) -> np.ndarray:
+            parts = [
+                ground_truth(np.asarray(recording.images[idx[s : s + 500]])) for s in range(0, len(idx), 500)
+            ]
+            return np.concatenate(parts).astype(np.float32)
+
+        if targets == "truth":  # every trial's: trained to, and selected by, them
+            truth = truth_of(np.arange(len(d.images)))
+            fitted = torch.from_numpy(truth / d.preprocessing.response_std)  # standardized as recorded ones
+            test_truth = truth[test]
+        else:
+            test_truth = truth_of(test)
 
     def fit(form: str) -> dict:
         torch.manual_seed(0)
@@ -216,10 +223,10 @@ def measure(
             "feve": None if scores.feve is None else round(scores.feve, 4),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        if truth is not None:
+        if test_truth is not None:
             ids, first = np.unique(d.image_ids[test], return_index=True)
             averaged = np.stack([predicted[d.image_ids[test] == i].mean(0) for i in ids])
-            truth_corr = metrics.correlation(truth[test][first], averaged)  # (neurons,)
+            truth_corr = metrics.correlation(test_truth[first], averaged)  # (neurons,)
             out["correlation_with_truth"] = round(float(truth_corr.mean()), 4)
         return out
 

@@ -127,3 +127,23 @@ def test_truth_targets_without_a_simulation_are_refused(tiny_paths, tiny_run, tm
     args = ["--run", str(tiny_run), "--data", str(alone), "--targets", "truth", "--out", str(out / "r.json")]
     message = "--targets truth: no simulation found beside --data"
     assert_refused(SCRIPT, args, message, out, monkeypatch, capsys)
+
+
+def test_every_form_starts_as_a_readout_trained_with_free_positions():
+    from training.models.config import ReadoutConfig
+    from training.models.readout import GaussianReadout
+
+    bench = bench_module("readout_form")
+    torch.manual_seed(0)
+    trained = GaussianReadout((8, 6, 10), None, ReadoutConfig(use_coordinates=False), n_neurons=5).eval()
+    features = torch.randn(3, 8, 6, 10)
+    expected = F.elu(trained(features)) + 1
+    for form in ("as trained", "output", "free"):  # no map to rebuild: the positions are taken as they are
+        model = bench.build_form(form, trained, np.zeros((5, 3)), features.shape[1:])
+        assert model.readout.mu_transform is None, form
+        got = model(features, False)
+        if form == "output":
+            got = got - sum(
+                F.softplus(torch.tensor(-6.0)) * t * torch.log1p(expected / t) for t in bench.TAUS
+            )
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), form
