@@ -37,6 +37,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def build_form(form: str, trained, coordinates, shape: tuple[int, ...]):
             self.readout = GaussianReadout(
                 (width, *shape[1:]),
                 None if free else np.asarray(coordinates),
-                trained.config,
+                replace(trained.config, offset_weight=None) if free else trained.config,
                 n_neurons=trained.n_neurons,
             )
             state = copy.deepcopy(trained.state_dict())

@@ -147,3 +147,25 @@ def test_every_form_starts_as_a_readout_trained_with_free_positions():
                 F.softplus(torch.tensor(-6.0)) * t * torch.log1p(expected / t) for t in bench.TAUS
             )
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), form
+
+
+def test_every_form_starts_as_a_readout_trained_with_position_offsets():
+    from training.models.config import ReadoutConfig
+    from training.models.readout import GaussianReadout
+
+    bench = bench_module("readout_form")
+    torch.manual_seed(0)
+    coordinates = np.random.default_rng(0).normal(size=(5, 3))
+    trained = GaussianReadout((8, 6, 10), coordinates, ReadoutConfig(offset_weight=1.0)).eval()
+    with torch.no_grad():
+        trained.offset.uniform_(-0.3, 0.3)  # off the map: a form that dropped them would read elsewhere
+    features = torch.randn(3, 8, 6, 10)
+    expected = F.elu(trained(features)) + 1
+    for form in ("as trained", "free", "divisive"):
+        model = bench.build_form(form, trained, coordinates, features.shape[1:])
+        assert (model.readout.offset is None) == (form == "free"), form  # free: the positions as they are
+        got = model(features, False)
+        if form == "divisive":
+            got = got * (1 + F.softplus(torch.tensor(-4.0)))
+        torch.testing.assert_close(model.readout.mu(), trained.mu(), msg=form)
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), form

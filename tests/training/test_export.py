@@ -349,6 +349,30 @@ def test_a_core_with_divisive_normalization_exports_with_its_gradient(tiny_paths
         )
 
 
+def test_readout_position_offsets_export_with_their_gradient(tiny_paths, tmp_path):
+    """Positions = the cortical map's + each neuron's offset: fixed at eval, constants in the graph."""
+    base = get_config("twin")
+    core = replace(base.core, channels=8, layers=2)
+    model = replace(base, core=core, readout=replace(base.readout, offset_weight=1.0))
+    run = tmp_path / "run"
+    train_run([tiny_paths["90001-1-1"]], model, run, config=FAST, progress=False)
+    nets, pre = _torch_ensemble(run, "90001-1-1")
+    assert all(net.readouts["90001-1-1"].offset.abs().max() > 0 for net in nets)  # off the map
+    out = export_run(run, tmp_path / "artifact")
+    twin = artifact.load(out, threads=2).twin()
+    x = _inputs(pre, 3, pre.image_size, 3)
+    with torch.no_grad():
+        images = torch.from_numpy(x["images"].astype(np.float32))
+        expected = _reference(nets, pre, "90001-1-1", x, images).numpy()
+    _close(twin.predict_members(x["images"]), expected)
+    weights = np.random.default_rng(3).normal(size=(3, 150)).astype(np.float32)
+    _close(
+        twin.gradient(x["images"], weights),
+        _reference_gradient(nets, pre, "90001-1-1", x, weights),
+        GRADIENT_RTOL,
+    )
+
+
 def _fake_export_key(nets, key, pre, folder, opset):
     """Stands in for the slow ONNX export in tests of the folder handling."""
     files = {"responses": f"responses-{key}.onnx", "gradient": f"gradient-{key}.onnx"}

@@ -276,6 +276,52 @@ def test_eval_gather_matches_grid_sample_with_predicted_positions():
         )
 
 
+def test_position_offsets_leave_the_map_and_are_penalized():
+    torch.manual_seed(0)
+    coordinates = np.random.default_rng(0).normal(size=(30, 3))
+    plain = GaussianReadout((4, 28, 56), coordinates, ReadoutConfig(l1_weight=0.5))
+    readout = GaussianReadout((4, 28, 56), coordinates, ReadoutConfig(l1_weight=0.5, offset_weight=2.0))
+    readout.load_state_dict(plain.state_dict() | {"offset": torch.zeros(30, 2)})
+    torch.testing.assert_close(readout.mu(), plain.mu())  # they start on the map
+    torch.testing.assert_close(readout.regularizer(), plain.regularizer())
+    with torch.no_grad():
+        readout.offset.uniform_(-0.5, 0.5)
+        readout.offset[0] = torch.tensor([3.0, -3.0])  # beyond the map's edge: clamped
+        readout.features.normal_()
+        plain.features.copy_(readout.features)
+    expected = (plain.mu() + readout.offset).clamp(-1, 1)
+    torch.testing.assert_close(readout.mu(), expected)
+    assert readout.mu()[0].tolist() == [1.0, -1.0]
+    torch.testing.assert_close(
+        readout.regularizer(), plain.regularizer() + 2.0 * readout.offset.square().sum()
+    )
+    features = torch.randn(3, 4, 28, 56)
+    with torch.no_grad():  # the eval path (gathers) reads where grid_sample reads
+        torch.testing.assert_close(
+            readout.eval()(features), reference_readout(readout, features), atol=1e-5, rtol=1e-5
+        )
+    readout.train()
+    (readout(features).sum() + readout.regularizer()).backward()
+    assert readout.offset.grad[1:].abs().sum() > 0  # learned in training
+    assert readout.mu_transform[0].weight.grad.abs().sum() > 0  # and the map with them
+    assert "offset" not in dict(plain.named_parameters())  # without offset_weight: the map alone
+
+
+def test_offset_weight_is_checked():
+    assert ReadoutConfig().offset_weight is None
+    assert ReadoutConfig(offset_weight=0).offset_weight == 0.0
+    with pytest.raises(InvalidInput, match=r"offset_weight: -1.*expected a number in \[0.0"):
+        ReadoutConfig(offset_weight=-1)
+    with pytest.raises(
+        InvalidInput, match=re.escape("offset_weight: 1.0; expected None with use_coordinates False")
+    ):
+        ReadoutConfig(use_coordinates=False, offset_weight=1.0)
+    with pytest.raises(InvalidInput, match="offset_weight: set without coordinates"):
+        GaussianReadout((4, 5, 6), None, ReadoutConfig(offset_weight=1.0), n_neurons=3)
+    config = replace(small("twin"), readout=ReadoutConfig(offset_weight=5.0))
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
 def test_train_mode_samples_positions_and_eval_is_deterministic():
     torch.manual_seed(0)
     readout = GaussianReadout((4, 10, 12), np.random.default_rng(0).normal(size=(6, 3)), ReadoutConfig())

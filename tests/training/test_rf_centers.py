@@ -113,6 +113,25 @@ def test_positions_fit_the_cortical_map_robustly():
     assert all(p.grad is None for p in readout.parameters())
 
 
+def test_position_offsets_start_at_each_neurons_clarity_times_its_residual():
+    torch.manual_seed(0)
+    coordinates, positions = _cortex_map()
+    readout = GaussianReadout((4, 10, 20), coordinates, ReadoutConfig(offset_weight=1.0))
+    clarity = np.ones(len(positions), np.float32)
+    estimates = positions.copy()
+    estimates[:20] += np.random.default_rng(1).uniform(-0.3, 0.3, (20, 2))  # off the smooth map...
+    clarity[10:20] = 0.0  # ...half of them not trusted
+    readout.initialize_positions(estimates, clarity)
+    mapped = readout.mu_transform(readout.source_grid).detach().numpy()
+    assert np.abs(mapped - positions).max(1)[20:].mean() < 0.02  # the map fitted as without offsets
+    offset = readout.offset.detach().numpy()
+    np.testing.assert_allclose(offset, clarity[:, None] * (estimates - mapped), atol=1e-6)
+    mu = readout.mu().detach().numpy()
+    np.testing.assert_allclose(mu[:10], estimates[:10], atol=1e-5)  # trusted: their own estimate
+    np.testing.assert_allclose(mu[10:20], mapped[10:20], atol=1e-6)  # untrusted: the map's
+    assert all(p.grad is None for p in readout.parameters())
+
+
 def test_positions_without_coordinates_move_by_their_clarity():
     readout = GaussianReadout((4, 10, 20), None, ReadoutConfig(use_coordinates=False), n_neurons=3)
     positions = np.array([[0.5, 0.5], [-0.5, 0.0], [2.0, -3.0]], np.float32)

@@ -143,6 +143,11 @@ class ReadoutConfig:
     or U(-init_mu_range, init_mu_range)), or "data": the positions start at the receptive-field centres
     estimated from the recording's training trials (training.rf_centers), through the map of cortical
     coordinates when use_coordinates (a robust fit of the MLP to them), else directly.
+    offset_weight: None (the default) -> with use_coordinates, each position is the map's alone; a weight
+    w >= 0 -> each neuron's position is the map's plus its own offset (start 0, or the clarity-weighted
+    residual of the map's fit with position_init "data"), and w * sum(offset^2) joins the regularizer: a
+    Gaussian prior that keeps the map for neurons whose own trials cannot place them and lets the others
+    leave it (w = 0: free positions starting on the map). Needs use_coordinates.
     """
 
     l1_weight: float = 0.0076
@@ -152,6 +157,7 @@ class ReadoutConfig:
     use_coordinates: bool = True
     bias_init: str = "zero"
     position_init: str = "random"
+    offset_weight: float | None = None
 
     def __post_init__(self) -> None:
         _check_float(self, "l1_weight", 0.0, float("inf"))
@@ -165,6 +171,13 @@ class ReadoutConfig:
             raise InvalidInput(
                 f"position_init: {self.position_init!r}; expected one of {list(POSITION_INITS)}"
             )
+        if self.offset_weight is not None:
+            _check_float(self, "offset_weight", 0.0, float("inf"))
+            if not self.use_coordinates:
+                raise InvalidInput(
+                    f"offset_weight: {self.offset_weight!r}; expected None with use_coordinates False "
+                    "(offsets are added to the positions of the cortical map)"
+                )
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,9 @@ class GaussianReadout(nn.Module):
     """Linear readout (features . weights + bias, no nonlinearity) at one Gaussian position per neuron.
 
     in_shape: (C, H, W) of the core's features. coordinates: (N, 2 or 3) cortical positions -> mu
-    predicted by an MLP 2 -> position_hidden -> ELU -> 2 -> tanh shared by the neurons; None -> mu
-    learned directly, init U(-init_mu_range, init_mu_range), and n_neurons must be given.
+    predicted by an MLP 2 -> position_hidden -> ELU -> 2 -> tanh shared by the neurons (plus a penalized
+    per-neuron offset with config.offset_weight); None -> mu learned directly, init U(-init_mu_range,
+    init_mu_range), and n_neurons must be given.
     """
 
     def __init__(
@@ -120,7 +121,14 @@ class GaussianReadout(nn.Module):
                 nn.Tanh(),
             )
             self.register_parameter("_mu", None)
+            if config.offset_weight is not None:  # each neuron's own step away from the map
+                self.offset = nn.Parameter(torch.zeros(n_neurons, 2))
+            else:
+                self.register_parameter("offset", None)
         else:
+            if config.offset_weight is not None:
+                raise InvalidInput("offset_weight: set without coordinates; expected the cortical map's")
+            self.register_parameter("offset", None)
             self.source_grid = None
             self.mu_transform = None
             self._mu = nn.Parameter(
@@ -136,7 +144,10 @@ class GaussianReadout(nn.Module):
     def mu(self) -> Tensor:
         """Mean positions (N, 2) as (x, y) in [-1, 1], the positions used at eval."""
         if self.mu_transform is not None:
-            return self.mu_transform(self.source_grid).clamp(-1, 1)  # (N, 2)
+            mapped = self.mu_transform(self.source_grid)  # (N, 2)
+            if self.offset is not None:
+                mapped = mapped + self.offset
+            return mapped.clamp(-1, 1)
         if self.training:
             with torch.no_grad():  # keep the learned positions on the map, as FullGaussian2d does
                 self._mu.clamp_(-1, 1)
@@ -167,8 +178,12 @@ class GaussianReadout(nn.Module):
         return gather_readout(features, positions, self.features) + self.bias  # (B, N)
 
     def regularizer(self) -> Tensor:
-        """l1_weight * sum |feature weights| (FullGaussian2d.regularizer, reduction 'sum' as trained)."""
-        return self.config.l1_weight * self.features.abs().sum()
+        """l1_weight * sum |feature weights| (FullGaussian2d.regularizer, reduction 'sum' as trained), plus
+        offset_weight * sum offset^2 with position offsets."""
+        penalty = self.config.l1_weight * self.features.abs().sum()
+        if self.offset is not None:
+            penalty = penalty + self.config.offset_weight * self.offset.square().sum()
+        return penalty
 
     def initialize_positions(self, positions: np.ndarray, clarity: np.ndarray, steps: int = 200) -> None:
         """Start the mean positions at `positions` (N, 2) in feature-map coordinates, trusting each
@@ -176,8 +191,10 @@ class GaussianReadout(nn.Module):
 
         With the cortical map (use_coordinates), its MLP is fitted to the positions by a clarity-weighted
         robust (smooth L1) regression: the map is smooth over the cortex, so neurons found unclearly or
-        wrongly are carried by their neighbours. Without it, each position is pulled from the clarity-
-        weighted mean position towards its own estimate by its clarity. Deterministic for a torch seed.
+        wrongly are carried by their neighbours; with position offsets, each neuron's offset is then its
+        clarity times its residual from the fitted map. Without the map, each position is pulled from the
+        clarity-weighted mean position towards its own estimate by its clarity. Deterministic for a torch
+        seed.
         """
         target = torch.as_tensor(np.asarray(positions), dtype=torch.float32).clamp(-0.95, 0.95)
         weight = torch.as_tensor(np.asarray(clarity), dtype=torch.float32).clamp(0, 1)
@@ -221,6 +238,9 @@ class GaussianReadout(nn.Module):
             optimizer.step(closure)
         for p in params:
             p.grad = None
+        if self.offset is not None:
+            with torch.no_grad():
+                self.offset.copy_(weight[:, None] * (target - self.mu_transform(self.source_grid)))
 
     @torch.no_grad()
     def initialize_bias(self, mean: Tensor | np.ndarray) -> None:
