@@ -90,9 +90,11 @@ def _image_only(config: ModelConfig, name: str) -> ModelConfig:
     return config
 
 
-def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device: str) -> float:
-    """Mean over neurons of the correlation between the run's predictions of the test images and their
-    noise-free responses."""
+def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device: str) -> dict:
+    """The correlation between the run's predictions of the test images and their noise-free responses:
+    its mean over neurons, and its mean over each quarter of the neurons by signal-to-noise ratio (low to
+    high; SNR = variance of the truth over the test images / mean Gamma noise variance E[truth^2] / k):
+    what a change buys the neurons that are hard to place and what it buys the clear ones."""
     from training.torch_twin import TorchTwin
     from twin import metrics
     from twin.data import load_recording
@@ -102,9 +104,18 @@ def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device:
     test = np.flatnonzero(recording.tiers == "test")
     _, first = np.unique(recording.image_ids[test], return_index=True)
     images = np.asarray(recording.images[test[first]])  # (images, [1,] H, W), each test image once
-    truth = GroundTruth.load(simulation, key)(images)
+    ground_truth = GroundTruth.load(simulation, key)
+    truth = ground_truth(images).astype(np.float64)
     predicted, _ = TorchTwin(run, key, device=device).predict(images)
-    return float(metrics.correlation(truth, predicted).mean())
+    rho = metrics.correlation(truth, predicted)
+    snr = truth.var(0) / (np.square(truth).mean(0) / ground_truth.population.noise_shape)
+    edges = np.quantile(snr, [0, 0.25, 0.5, 0.75, 1])
+    quarter = np.clip(np.searchsorted(edges, snr, side="right") - 1, 0, 3)  # the top edge in the last
+    return {
+        "correlation_with_truth": float(rho.mean()),
+        "correlation_with_truth_by_snr_quartile": [float(rho[quarter == q].mean()) for q in range(4)],
+        "snr_quartile_edges": [round(float(e), 4) for e in edges],
+    }
 
 
 def train_variant(
@@ -125,7 +136,7 @@ def train_variant(
         "run": {"name": run.name, "reused": reused, "continued": continued},
     }
     if simulation is not None:
-        out["correlation_with_truth"] = truth_correlation(run, key, data, simulation, config.device)
+        out |= truth_correlation(run, key, data, simulation, config.device)
     return out
 
 
@@ -226,7 +237,7 @@ def _print(result: dict, truth: bool) -> None:
     print(
         f"\n{'variant':48s} {'seed':>4s} {'epochs':>6s} {'valid.':>7s}"
         + f" {'single':>7s} {'average':>7s} {'FEVE':>7s}"
-        + ("   truth" if truth else "")
+        + ("   truth  by SNR quartile, low to high" if truth else "")
     )
     for spec, v in result["variants"].items():
         for seed, r in v["seeds"].items():
@@ -237,7 +248,10 @@ def _print(result: dict, truth: bool) -> None:
             line += (
                 f" {r['single_trial_correlation']:7.4f} {r['correlation_to_average']:7.4f} {r['feve']:7.4f}"
             )
-            print(line + (f" {r['correlation_with_truth']:7.4f}" if truth else ""))
+            if truth:
+                line += f" {r['correlation_with_truth']:7.4f} "
+                line += " ".join(f"{q:.3f}" for q in r["correlation_with_truth_by_snr_quartile"])
+            print(line)
 
 
 if __name__ == "__main__":
