@@ -110,7 +110,7 @@ def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device:
     rho = metrics.correlation(truth, predicted)
     snr = truth.var(0) / (np.square(truth).mean(0) / ground_truth.population.noise_shape)
     edges = np.quantile(snr, [0, 0.25, 0.5, 0.75, 1])
-    quarter = np.clip(np.searchsorted(edges, snr, side="right") - 1, 0, 3)  # the top edge in the last
+    quarter = np.digitize(snr, edges[1:-1])  # 0 (lowest) .. 3 (highest), by the inner edges
     return {
         "correlation_with_truth": float(rho.mean()),
         "correlation_with_truth_by_snr_quartile": [float(rho[quarter == q].mean()) for q in range(4)],
