@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from training.data import RecordingTensors, batches
 from training.models.config import check_correlation_rounds
+from training.models.readout import GaussianReadout
 from twin import metrics
 from twin.atomic import replacing, write_text
 from twin.errors import InvalidInput
@@ -186,6 +187,20 @@ def validation_correlation(
     return float(np.mean(np.concatenate(per_neuron)))
 
 
+def hold_positions(model: torch.nn.Module, epoch: int | None) -> bool:
+    """Hold the positions of every readout whose position_warmup covers `epoch` (0-based, the one about
+    to train) where they are, release the others (epoch None: release all); whether any is held. Held
+    parameters get no gradient, so Adam leaves them and their moments alone."""
+    held = False
+    for module in model.modules():
+        if isinstance(module, GaussianReadout):
+            hold = epoch is not None and epoch < module.config.position_warmup
+            for p in module.position_parameters():
+                p.requires_grad_(not hold)
+            held |= hold
+    return held
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     with replacing(path) as tmp:
         torch.save(obj, tmp)
@@ -253,6 +268,7 @@ def train(
     while state["epoch"] < config.max_epochs and state["round"] < config.lr_decay_steps:
         started = time.perf_counter()
         model.train()
+        held = hold_positions(model, state["epoch"])
         # The epoch's loss is summed where it is computed and read once: a read per step would make the
         # host wait for the device at every step.
         total, steps = torch.zeros((), dtype=torch.float64, device=config.device), 0
@@ -288,6 +304,8 @@ def train(
             "seconds": round(time.perf_counter() - started, 3),
             "improved": improved,
         }
+        if held:
+            entry["positions_held"] = True
         if state["bad_epochs"] >= config.patience:
             state["round"] += 1
             state["bad_epochs"] = 0
@@ -325,6 +343,7 @@ def train(
                 f"epoch {state['epoch']:3d}  loss {entry['train_loss']:.4g}  "
                 f"val corr {correlation:.4f}  lr {lr:.2g}" + ("  *" if improved else "")
             )
+    hold_positions(model, None)
     model.load_state_dict(best_weights)
     plot_curves(state["history"], run / CURVES)
     return TrainResult(

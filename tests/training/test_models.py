@@ -322,6 +322,25 @@ def test_offset_weight_is_checked():
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_position_warmup_is_checked_and_names_what_it_holds():
+    assert ReadoutConfig().position_warmup == 0  # the baseline moves its positions from the start
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidInput, match=r"position_warmup: .*expected an integer >= 0"):
+            ReadoutConfig(position_warmup=bad)
+    config = replace(small("twin"), readout=ReadoutConfig(position_warmup=2))
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    stored = small("twin").to_dict()  # a configuration written before the field
+    del stored["readout"]["position_warmup"]
+    assert ModelConfig.from_dict(stored).readout.position_warmup == 0
+    coordinates = np.random.default_rng(0).normal(size=(6, 3))
+    mapped = GaussianReadout((4, 5, 6), coordinates, ReadoutConfig(offset_weight=1.0))
+    held = {id(p) for p in mapped.position_parameters()}
+    assert held == {id(p) for p in [*mapped.mu_transform.parameters(), mapped.offset]}
+    assert id(mapped.sigma) not in held and id(mapped.features) not in held
+    free = GaussianReadout((4, 5, 6), None, ReadoutConfig(use_coordinates=False), n_neurons=3)
+    assert free.position_parameters() == [free._mu]
+
+
 def test_train_mode_samples_positions_and_eval_is_deterministic():
     torch.manual_seed(0)
     readout = GaussianReadout((4, 10, 12), np.random.default_rng(0).normal(size=(6, 3)), ReadoutConfig())

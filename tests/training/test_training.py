@@ -20,9 +20,9 @@ from tests.helpers import processes_naming
 from training.data import RecordingTensors, batches
 from training.distributed import gpu_placement, run_launcher
 from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
-from training.models import get_config
+from training.models import ModelConfig, RecordingShape, build, get_config
 from training.run import evaluate, load_members, load_tensors, member_data, train_run
-from training.trainer import TrainConfig, predict
+from training.trainer import TrainConfig, predict, train
 from twin import metrics
 from twin.data import load_recording, write_recording
 from twin.errors import InvalidInput
@@ -47,10 +47,14 @@ def trained(tiny_paths, small_cnn, tmp_path_factory) -> Path:
     return run
 
 
+def epoch_log(folder: Path) -> list[dict]:
+    """The per-epoch log the trainer wrote in `folder`."""
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
 def member_log(run: Path, member: int = 0) -> list[dict]:
     """A run's member's per-epoch log."""
-    lines = (run / "members" / f"member-{member}" / "log.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return epoch_log(run / "members" / f"member-{member}")
 
 
 def trained_log(path: Path, model: Path, run: Path, config: TrainConfig) -> list[dict]:
@@ -247,6 +251,39 @@ def test_the_correlation_term_leaves_the_loss_after_its_rounds(tiny_paths, small
     # decay) with the same batches, without the correlation term (> 1 per batch: see test_correlation_loss).
     assert [e["train_loss"] for e in logs[1][:2]] == [e["train_loss"] for e in logs[None][:2]]
     assert logs[1][2]["train_loss"] < logs[None][2]["train_loss"] - 1
+
+
+def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn, tmp_path):
+    """position_warmup=1: the first epoch trains all but the positions (here the map's MLP), the second
+    moves them too; a resumed run holds or releases them by its epoch count, and the trained model comes
+    back with every parameter trainable."""
+    import torch
+
+    base = ModelConfig.from_dict(json.loads(small_cnn.read_text()))
+    config = replace(base, readout=replace(base.readout, position_warmup=1))
+    data = load_tensors([tiny_paths["90002-1-1"]])
+    ((key, d),) = data.items()
+
+    def built() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build(config, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
+
+    net = built()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    positions = [k for k in start if k.startswith(f"readouts.{key}.mu_transform.")]
+    assert len(positions) == 4  # the map's two linear layers
+    run = tmp_path / "run"
+    train(net, data, replace(FAST, max_epochs=1), run, progress=False)  # the best weights: epoch 1's
+    after = net.state_dict()
+    for k in positions:
+        torch.testing.assert_close(after[k], start[k], rtol=0, atol=0, msg=k)
+    for k in ("core.input_layer.0.weight", f"readouts.{key}.sigma", f"readouts.{key}.features"):
+        assert not torch.equal(after[k], start[k]), k
+    assert all(p.requires_grad for p in net.parameters())
+    train(built(), data, replace(FAST, max_epochs=2), run, resume=True, progress=False)
+    last = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    assert all(not torch.equal(last[k], start[k]) for k in positions)
+    assert [e.get("positions_held") for e in epoch_log(run)] == [True, None]
 
 
 def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):

@@ -148,6 +148,10 @@ class ReadoutConfig:
     residual of the map's fit with position_init "data"), and w * sum(offset^2) joins the regularizer: a
     Gaussian prior that keeps the map for neurons whose own trials cannot place them and lets the others
     leave it (w = 0: free positions starting on the map). Needs use_coordinates.
+    position_warmup: the first this many epochs train with the positions held where they started (the
+    map's MLP, the offsets, or the free positions; the Gaussians' spread still learns): the gradient a
+    still-random core sends them says nothing of where a neuron looks, and would move positions estimated
+    from the data (position_init "data") before the core can confirm them. 0 (the baseline): from the start.
     """
 
     l1_weight: float = 0.0076
@@ -158,9 +162,11 @@ class ReadoutConfig:
     bias_init: str = "zero"
     position_init: str = "random"
     offset_weight: float | None = None
+    position_warmup: int = 0
 
     def __post_init__(self) -> None:
         _check_float(self, "l1_weight", 0.0, float("inf"))
+        _check_int(self, "position_warmup", 0)
         _check_float(self, "init_sigma", 0.0, float("inf"), open_low=True)
         _check_float(self, "init_mu_range", 0.0, 1.0, open_low=True)
         _check_int(self, "position_hidden", 1)

@@ -153,6 +153,12 @@ class GaussianReadout(nn.Module):
                 self._mu.clamp_(-1, 1)
         return self._mu.clamp(-1, 1)
 
+    def position_parameters(self) -> list[nn.Parameter]:
+        """What places the mean positions: the map's MLP and the offsets, or the free positions."""
+        if self.mu_transform is None:
+            return [self._mu]
+        return list(self.mu_transform.parameters()) + ([] if self.offset is None else [self.offset])
+
     def forward(self, features: Tensor, shift: Tensor | None = None) -> Tensor:
         if tuple(features.shape[1:]) != self.in_shape:
             channels, height, width = self.in_shape
