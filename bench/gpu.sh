@@ -107,7 +107,7 @@ fi
 # 1b. Which core: one model per variant and seed on the image-only recording, trained to its early stop;
 #     minutes, where the table below pre-trains and ensembles whatever `twin` is.
 if wants core_form; then
-    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:correlation_weight=0;twin:correlation_rounds=1;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128;twin:use_coordinates=false;twin:offset_weight=10}"
+    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:correlation_weight=0;twin:correlation_rounds=1;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128;twin:use_coordinates=false;twin:offset_weight=10;twin:position_warmup=2;twin:offset_weight=10,position_warmup=2}"
     variants=()
     for spec in "${specs[@]}"; do variants+=(--variant "$spec"); done
     run core_form "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds "${SEEDS:-0,1}" \
