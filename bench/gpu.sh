@@ -15,7 +15,8 @@
 #                    cnn, twin, and twin without divisive normalization, without the correlation loss,
 #                    with it until the first learning-rate decay only, with the baseline's core, 128 wide,
 #                    with free readout positions instead of the map from cortical coordinates, with
-#                    the map plus penalized per-neuron offsets)
+#                    the map plus penalized per-neuron offsets, and twin and twin with offsets with their
+#                    readout positions held the first two epochs)
 #   SEEDS=0,1        the core_form step's seeds (default 0,1)
 #   RESULTS=DIR      where results and logs go (default bench/results)
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
