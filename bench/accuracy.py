@@ -278,15 +278,19 @@ def run_ours(
 
 
 def members_training(run: Path) -> dict[str, list]:
-    """Each member's epochs and median seconds per epoch (its log), in member order: what a cell's time
-    went to (an epoch's seconds include its validation and checkpoint)."""
+    """Each member's epochs, median seconds per epoch, validation correlation after every epoch and the
+    epochs its readout positions were held (`readout.position_warmup`), all from its log, in member
+    order: what a cell's time went to (an epoch's seconds include its validation and checkpoint) and how
+    fast it learnt."""
     folders = sorted((run / "members").glob("member-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
-    epochs, seconds = [], []
+    epochs, seconds, curves, held = [], [], [], []
     for folder in folders:
         epochs.append(json.loads((folder / "training.json").read_text())["epochs"])
-        lines = (folder / LOG).read_text().splitlines()
-        seconds.append(round(float(np.median([json.loads(line)["seconds"] for line in lines])), 3))
-    return {"epochs": epochs, "epoch_seconds": seconds}
+        lines = [json.loads(line) for line in (folder / LOG).read_text().splitlines()]
+        seconds.append(round(float(np.median([line["seconds"] for line in lines])), 3))
+        curves.append([round(float(line["validation_correlation"]), 4) for line in lines])
+        held.append(sum(bool(line.get("positions_held")) for line in lines))
+    return {"epochs": epochs, "epoch_seconds": seconds, "validation_curves": curves, "positions_held": held}
 
 
 def in_silico(

@@ -19,7 +19,8 @@ values read as JSON; the core's in_channels follows the inputs), or a model .jso
 without .json. Variants run in processes, --jobs at a time, the CPU's threads shared among them. Runs
 live in --work (default: a temporary folder), named after what they train: a later call with the same
 --work reuses the finished ones and continues an interrupted one from its last checkpoint. Prints a
-table; writes bench/results/core_form-<data key>-<device>.json (or --out).
+table; writes bench/results/core_form-<data key>-<device>.json (or --out), each run's test scores beside its
+epochs, seconds per epoch and validation correlation after every epoch (from its log).
 """
 
 from __future__ import annotations

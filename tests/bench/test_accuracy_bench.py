@@ -92,6 +92,8 @@ def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pr
     for training in (pretrained[0], cells["sensorium"], cells["sensorium+"]):
         assert training["epochs"] == [1, 1] and len(training["epoch_seconds"]) == 2
         assert all(0 < s < 300 for s in training["epoch_seconds"])
+        assert [len(c) for c in training["validation_curves"]] == [1, 1]
+        assert all(-1 <= c[0] <= 1 for c in training["validation_curves"])
     # a cell's scores are its ensemble's, as `twin evaluate` scores the run
     from training.run import evaluate
 

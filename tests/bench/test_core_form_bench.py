@@ -48,6 +48,10 @@ def test_variants_train_alike_are_scored_against_the_truth_and_reused(
         assert variant["model"]["core"]["channels"] == 8
         assert variant["model"]["core"]["normalization"] == ("normalization=true" in spec)
         assert 1 <= cell["epochs"][0] <= 5 and 1 <= cell["best_epoch"] <= cell["epochs"][0]
+        # how it learnt, epoch by epoch, from its log: the best epoch's is the run's validation score
+        (curve,) = cell["validation_curves"]
+        assert len(curve) == cell["epochs"][0] and cell["positions_held"] == [0]
+        assert curve[cell["best_epoch"] - 1] == pytest.approx(cell["validation_correlation"], abs=2e-4)
         for name in ("single_trial_correlation", "correlation_to_average", "validation_correlation"):
             assert -1 <= cell[name] <= 1, (name, cell[name])
         # the predictions of the test images line up with their true responses: a model trained 5 epochs
