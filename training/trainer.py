@@ -265,85 +265,91 @@ def train(
     n_train = {key: len(d.indices("train")) for key, d in data.items()}
     scale = {key: np.sqrt(n / config.batch_size) if config.scale_loss else 1.0 for key, n in n_train.items()}
 
-    while state["epoch"] < config.max_epochs and state["round"] < config.lr_decay_steps:
-        started = time.perf_counter()
-        model.train()
-        held = hold_positions(model, state["epoch"])
-        # The epoch's loss is summed where it is computed and read once: a read per step would make the
-        # host wait for the device at every step.
-        total, steps = torch.zeros((), dtype=torch.float64, device=config.device), 0
-        weight = config.correlation_weight_in(state["round"])
-        epoch_batches = list(batches(data, "train", config.batch_size, rng))
-        bar = tqdm(
-            epoch_batches, desc=f"epoch {state['epoch'] + 1}", unit="step", disable=not progress, leave=False
-        )
-        for step in bar:
-            optimizer.zero_grad(set_to_none=True)
-            for key, idx in step:
-                batch = data[key].batch(idx)
-                loss = scale[key] * _loss(model, key, batch, config, weight) + model.regularizer(key)
-                loss.backward()
-                total += loss.detach().double()
-            optimizer.step()
-            steps += 1
-        correlation = validation_correlation(model, data)
-        state["epoch"] += 1
-        improved = correlation > state["best"] + config.tolerance
-        if improved:
-            state.update(best=correlation, best_epoch=state["epoch"], bad_epochs=0)
-            best_weights = copy.deepcopy(model.state_dict())
-        else:
-            state["bad_epochs"] += 1
-        lr = optimizer.param_groups[0]["lr"]
-        entry = {
-            "epoch": state["epoch"],
-            "train_loss": float(total) / max(steps, 1),
-            "validation_correlation": correlation,
-            "lr": lr,
-            "correlation_weight": weight,
-            "seconds": round(time.perf_counter() - started, 3),
-            "improved": improved,
-        }
-        if held:
-            entry["positions_held"] = True
-        if state["bad_epochs"] >= config.patience:
-            state["round"] += 1
-            state["bad_epochs"] = 0
-            model.load_state_dict(best_weights)
-            for group in optimizer.param_groups:
-                group["lr"] = max(group["lr"] * config.lr_decay_factor, config.min_lr)
-            entry["lr_decay"] = state["round"]
-        state["history"].append(entry)
-        with open(run / LOG, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if improved:
+    try:
+        while state["epoch"] < config.max_epochs and state["round"] < config.lr_decay_steps:
+            started = time.perf_counter()
+            model.train()
+            held = hold_positions(model, state["epoch"])
+            # The epoch's loss is summed where it is computed and read once: a read per step would make the
+            # host wait for the device at every step.
+            total, steps = torch.zeros((), dtype=torch.float64, device=config.device), 0
+            weight = config.correlation_weight_in(state["round"])
+            epoch_batches = list(batches(data, "train", config.batch_size, rng))
+            bar = tqdm(
+                epoch_batches,
+                desc=f"epoch {state['epoch'] + 1}",
+                unit="step",
+                disable=not progress,
+                leave=False,
+            )
+            for step in bar:
+                optimizer.zero_grad(set_to_none=True)
+                for key, idx in step:
+                    batch = data[key].batch(idx)
+                    loss = scale[key] * _loss(model, key, batch, config, weight) + model.regularizer(key)
+                    loss.backward()
+                    total += loss.detach().double()
+                optimizer.step()
+                steps += 1
+            correlation = validation_correlation(model, data)
+            state["epoch"] += 1
+            improved = correlation > state["best"] + config.tolerance
+            if improved:
+                state.update(best=correlation, best_epoch=state["epoch"], bad_epochs=0)
+                best_weights = copy.deepcopy(model.state_dict())
+            else:
+                state["bad_epochs"] += 1
+            lr = optimizer.param_groups[0]["lr"]
+            entry = {
+                "epoch": state["epoch"],
+                "train_loss": float(total) / max(steps, 1),
+                "validation_correlation": correlation,
+                "lr": lr,
+                "correlation_weight": weight,
+                "seconds": round(time.perf_counter() - started, 3),
+                "improved": improved,
+            }
+            if held:
+                entry["positions_held"] = True
+            if state["bad_epochs"] >= config.patience:
+                state["round"] += 1
+                state["bad_epochs"] = 0
+                model.load_state_dict(best_weights)
+                for group in optimizer.param_groups:
+                    group["lr"] = max(group["lr"] * config.lr_decay_factor, config.min_lr)
+                entry["lr_decay"] = state["round"]
+            state["history"].append(entry)
+            with open(run / LOG, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if improved:
+                _atomic_save(
+                    {
+                        "model": best_weights,
+                        "epoch": state["epoch"],
+                        "validation_correlation": correlation,
+                        **(extra or {}),
+                    },
+                    run / BEST,
+                )
             _atomic_save(
                 {
-                    "model": best_weights,
-                    "epoch": state["epoch"],
-                    "validation_correlation": correlation,
-                    **(extra or {}),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "best_weights": best_weights,
+                    "state": state,
+                    "batch_rng": rng.bit_generator.state,
+                    "rng": _rng_state(),
+                    "config": asdict(config),
                 },
-                run / BEST,
+                run / CHECKPOINT,
             )
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best_weights": best_weights,
-                "state": state,
-                "batch_rng": rng.bit_generator.state,
-                "rng": _rng_state(),
-                "config": asdict(config),
-            },
-            run / CHECKPOINT,
-        )
-        if progress:
-            tqdm.write(
-                f"epoch {state['epoch']:3d}  loss {entry['train_loss']:.4g}  "
-                f"val corr {correlation:.4f}  lr {lr:.2g}" + ("  *" if improved else "")
-            )
-    hold_positions(model, None)
+            if progress:
+                tqdm.write(
+                    f"epoch {state['epoch']:3d}  loss {entry['train_loss']:.4g}  "
+                    f"val corr {correlation:.4f}  lr {lr:.2g}" + ("  *" if improved else "")
+                )
+    finally:  # held positions are released however the loop ends (an interrupt included)
+        hold_positions(model, None)
     model.load_state_dict(best_weights)
     plot_curves(state["history"], run / CURVES)
     return TrainResult(

@@ -253,7 +253,7 @@ def test_the_correlation_term_leaves_the_loss_after_its_rounds(tiny_paths, small
     assert logs[1][2]["train_loss"] < logs[None][2]["train_loss"] - 1
 
 
-def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn, tmp_path):
+def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn, tmp_path, monkeypatch):
     """position_warmup=1: the first epoch trains all but the positions (here the map's MLP), the second
     moves them too; a resumed run holds or releases them by its epoch count, and the trained model comes
     back with every parameter trainable."""
@@ -284,6 +284,16 @@ def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn
     last = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
     assert all(not torch.equal(last[k], start[k]) for k in positions)
     assert [e.get("positions_held") for e in epoch_log(run)] == [True, None]
+
+    # interrupted during a held epoch, the model still comes back with every parameter trainable
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.trainer.validation_correlation", interrupted)
+    net = built()
+    with pytest.raises(KeyboardInterrupt):
+        train(net, data, replace(FAST, max_epochs=1), tmp_path / "interrupted", progress=False)
+    assert all(p.requires_grad for p in net.parameters())
 
 
 def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):
