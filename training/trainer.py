@@ -201,6 +201,21 @@ def hold_positions(model: torch.nn.Module, epoch: int | None) -> bool:
     return held
 
 
+def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """Adam's parameter groups: everything at `lr`, but the position parameters of each readout whose
+    position_lr_scale is not 1 at that multiple of it (a group per scale, its "lr_scale" recorded for the
+    decay's floor). The first group is the trainer's own learning rate (what the log reports)."""
+    scaled: dict[float, list[torch.nn.Parameter]] = {}
+    for module in model.modules():
+        if isinstance(module, GaussianReadout) and module.config.position_lr_scale != 1.0:
+            scaled.setdefault(module.config.position_lr_scale, []).extend(module.position_parameters())
+    apart = {id(p) for ps in scaled.values() for p in ps}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in apart]}]
+    for scale, params in sorted(scaled.items()):
+        groups.append({"params": params, "lr": lr * scale, "lr_scale": scale})
+    return groups
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     with replacing(path) as tmp:
         torch.save(obj, tmp)
@@ -249,7 +264,7 @@ def train(
         torch.backends.cudnn.benchmark = True
     # Fused Adam: every parameter in one kernel instead of several per tensor (on a GPU, fewer launches);
     # the same update as the default to float rounding, on the CPU too, so one code path is tested.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    optimizer = torch.optim.Adam(parameter_groups(model, config.lr), lr=config.lr, fused=True)
     state = {"epoch": 0, "round": 0, "bad_epochs": 0, "best": -np.inf, "best_epoch": 0, "history": []}
     best_weights = copy.deepcopy(model.state_dict())
     if resume and (run / CHECKPOINT).is_file():
@@ -316,7 +331,8 @@ def train(
                 state["bad_epochs"] = 0
                 model.load_state_dict(best_weights)
                 for group in optimizer.param_groups:
-                    group["lr"] = max(group["lr"] * config.lr_decay_factor, config.min_lr)
+                    floor = config.min_lr * group.get("lr_scale", 1.0)
+                    group["lr"] = max(group["lr"] * config.lr_decay_factor, floor)
                 entry["lr_decay"] = state["round"]
             state["history"].append(entry)
             with open(run / LOG, "a") as f:

@@ -341,6 +341,19 @@ def test_position_warmup_is_checked_and_names_what_it_holds():
     assert free.position_parameters() == [free._mu]
 
 
+def test_position_lr_scale_is_checked_and_stored():
+    assert ReadoutConfig().position_lr_scale == 1.0  # the baseline: one learning rate for all
+    for bad in (0, -0.5, True, "0.1", float("nan")):
+        with pytest.raises(InvalidInput, match=r"position_lr_scale: .*expected a number"):
+            ReadoutConfig(position_lr_scale=bad)
+    assert ReadoutConfig(position_lr_scale=2).position_lr_scale == 2.0
+    config = replace(small("twin"), readout=ReadoutConfig(position_lr_scale=0.1))
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    stored = small("twin").to_dict()  # a configuration written before the field
+    del stored["readout"]["position_lr_scale"]
+    assert ModelConfig.from_dict(stored).readout.position_lr_scale == 1.0
+
+
 def test_train_mode_samples_positions_and_eval_is_deterministic():
     torch.manual_seed(0)
     readout = GaussianReadout((4, 10, 12), np.random.default_rng(0).normal(size=(6, 3)), ReadoutConfig())

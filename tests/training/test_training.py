@@ -296,6 +296,45 @@ def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn
     assert all(p.requires_grad for p in net.parameters())
 
 
+def test_position_lr_scale_gives_the_positions_their_own_learning_rate(tiny_paths, small_cnn, tmp_path):
+    """position_lr_scale: the readout's position parameters (here the map's MLP) in their own Adam group
+    at that multiple of the learning rate, every other parameter at the trainer's; one epoch moves them
+    by at most a few of their (scaled) steps each, while a decay lowers both groups alike."""
+    import torch
+
+    from training.trainer import parameter_groups
+
+    base = ModelConfig.from_dict(json.loads(small_cnn.read_text()))
+    config = replace(base, readout=replace(base.readout, position_lr_scale=1e-4))
+    data = load_tensors([tiny_paths["90002-1-1"]])
+    ((key, d),) = data.items()
+    torch.manual_seed(0)
+    net = build(config, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
+    groups = parameter_groups(net, 0.01)
+    positions = net.readouts[key].position_parameters()
+    assert [g.get("lr") for g in groups] == [None, pytest.approx(1e-6)] and groups[1]["lr_scale"] == 1e-4
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in positions]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
+    plain = build(base, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
+    assert len(parameter_groups(plain, 0.01)) == 1  # the baseline: one group, as before the option
+
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    one = replace(FAST, max_epochs=1)
+    train(net, data, one, tmp_path / "run", progress=False)
+    steps = -(-len(d.indices("train")) // one.batch_size)
+    after = net.state_dict()
+    names = [k for k in start if k.startswith(f"readouts.{key}.mu_transform.")]
+    # Adam's step is at most ~3 learning rates (its bias-corrected ratio); here they move 0.07-0.21 of
+    # this bound, at the trainer's own rate (scale 1) 1,100-2,300 times it
+    bound = 3 * steps * one.lr * 1e-4
+    for k in names:
+        moved = float((after[k] - start[k]).abs().max())
+        assert 0 < moved <= bound, (k, moved, bound)
+    core = "core.input_layer.0.weight"
+    assert float((after[core] - start[core]).abs().max()) > bound
+    assert epoch_log(tmp_path / "run")[0]["lr"] == one.lr  # the log reports the trainer's own rate
+
+
 def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):
     one_epoch = replace(FAST, max_epochs=1)
     paths = [tiny_paths["90002-1-1"]]

@@ -152,6 +152,10 @@ class ReadoutConfig:
     map's MLP, the offsets, or the free positions; the Gaussians' spread still learns): the gradient a
     still-random core sends them says nothing of where a neuron looks, and would move positions estimated
     from the data (position_init "data") before the core can confirm them. 0 (the baseline): from the start.
+    position_lr_scale: the learning rate of those position parameters as a multiple of the trainer's (their
+    own Adam parameter group; learning-rate decay scales it alike). The map's MLP moves every neuron at
+    once by up to a step of every weight, a free position one neuron by up to a step; below 1 the map moves
+    more slowly than the core and features it is placed by. 1 (the baseline): one learning rate for all.
     """
 
     l1_weight: float = 0.0076
@@ -163,10 +167,12 @@ class ReadoutConfig:
     position_init: str = "random"
     offset_weight: float | None = None
     position_warmup: int = 0
+    position_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_float(self, "l1_weight", 0.0, float("inf"))
         _check_int(self, "position_warmup", 0)
+        _check_float(self, "position_lr_scale", 0.0, float("inf"), open_low=True)
         _check_float(self, "init_sigma", 0.0, float("inf"), open_low=True)
         _check_float(self, "init_mu_range", 0.0, 1.0, open_low=True)
         _check_int(self, "position_hidden", 1)
