@@ -15,8 +15,9 @@
 #                    cnn, twin, and twin without divisive normalization, without the correlation loss,
 #                    with it until the first learning-rate decay only, with the baseline's core, 128 wide,
 #                    with free readout positions instead of the map from cortical coordinates, with
-#                    the map plus penalized per-neuron offsets, and twin and twin with offsets with their
-#                    readout positions held the first two epochs)
+#                    the map plus penalized per-neuron offsets, twin and twin with offsets with their
+#                    readout positions held the first two epochs, and twin with offsets whose positions
+#                    learn at a tenth of the learning rate)
 #   SEEDS=0,1        the core_form step's seeds (default 0,1)
 #   RESULTS=DIR      where results and logs go (default bench/results)
 #   JOBS=N           accuracy cells trained at once (default 4; ensemble members also train in parallel)
@@ -108,7 +109,7 @@ fi
 # 1b. Which core: one model per variant and seed on the image-only recording, trained to its early stop;
 #     minutes, where the table below pre-trains and ensembles whatever `twin` is.
 if wants core_form; then
-    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:correlation_weight=0;twin:correlation_rounds=1;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128;twin:use_coordinates=false;twin:offset_weight=10;twin:position_warmup=2;twin:offset_weight=10,position_warmup=2}"
+    IFS=';' read -ra specs <<< "${VARIANTS:-cnn;twin;twin:normalization=false;twin:correlation_weight=0;twin:correlation_rounds=1;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0;twin:channels=128;twin:use_coordinates=false;twin:offset_weight=10;twin:position_warmup=2;twin:offset_weight=10,position_warmup=2;twin:offset_weight=10,position_lr_scale=0.1}"
     variants=()
     for spec in "${specs[@]}"; do variants+=(--variant "$spec"); done
     run core_form "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds "${SEEDS:-0,1}" \
