@@ -216,6 +216,14 @@ def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     return groups
 
 
+def decay_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    """One learning-rate decay: every group's rate times lr_decay_factor, not below min_lr times the
+    group's lr_scale (a scaled group keeps its ratio to the trainer's rate down to the floor)."""
+    for group in optimizer.param_groups:
+        floor = config.min_lr * group.get("lr_scale", 1.0)
+        group["lr"] = max(group["lr"] * config.lr_decay_factor, floor)
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     with replacing(path) as tmp:
         torch.save(obj, tmp)
@@ -330,9 +338,7 @@ def train(
                 state["round"] += 1
                 state["bad_epochs"] = 0
                 model.load_state_dict(best_weights)
-                for group in optimizer.param_groups:
-                    floor = config.min_lr * group.get("lr_scale", 1.0)
-                    group["lr"] = max(group["lr"] * config.lr_decay_factor, floor)
+                decay_learning_rates(optimizer, config)
                 entry["lr_decay"] = state["round"]
             state["history"].append(entry)
             with open(run / LOG, "a") as f:

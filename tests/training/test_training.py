@@ -302,7 +302,7 @@ def test_position_lr_scale_gives_the_positions_their_own_learning_rate(tiny_path
     by at most a few of their (scaled) steps each, while a decay lowers both groups alike."""
     import torch
 
-    from training.trainer import parameter_groups
+    from training.trainer import decay_learning_rates, parameter_groups
 
     base = ModelConfig.from_dict(json.loads(small_cnn.read_text()))
     config = replace(base, readout=replace(base.readout, position_lr_scale=1e-4))
@@ -317,6 +317,13 @@ def test_position_lr_scale_gives_the_positions_their_own_learning_rate(tiny_path
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
     plain = build(base, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
     assert len(parameter_groups(plain, 0.01)) == 1  # the baseline: one group, as before the option
+    optimizer = torch.optim.Adam(parameter_groups(net, FAST.lr), lr=FAST.lr)
+    decay_learning_rates(optimizer, FAST)
+    rates = [FAST.lr * FAST.lr_decay_factor, FAST.lr * 1e-4 * FAST.lr_decay_factor]
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(rates)
+    for _ in range(20):  # down to the floor, each group its own
+        decay_learning_rates(optimizer, FAST)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([FAST.min_lr, FAST.min_lr * 1e-4])
 
     start = {k: v.clone() for k, v in net.state_dict().items()}
     one = replace(FAST, max_epochs=1)
