@@ -340,6 +340,16 @@ def test_position_lr_scale_gives_the_positions_their_own_learning_rate(tiny_path
     core = "core.input_layer.0.weight"
     assert float((after[core] - start[core]).abs().max()) > bound
     assert epoch_log(tmp_path / "run")[0]["lr"] == one.lr  # the log reports the trainer's own rate
+    # resumed, the checkpoint's optimizer loads into the same two groups and the scaled one stays scaled
+    torch.manual_seed(0)
+    again = build(config, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
+    train(again, data, replace(FAST, max_epochs=2), tmp_path / "run", resume=True, progress=False)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert [(g["lr"], g.get("lr_scale")) for g in saved] == [
+        (one.lr, None),
+        (pytest.approx(one.lr * 1e-4), 1e-4),
+    ]
+    assert len(epoch_log(tmp_path / "run")) == 2
 
 
 def test_resume_refuses_other_settings_and_allows_where_and_how_long(tiny_paths, small_cnn, tmp_path):
