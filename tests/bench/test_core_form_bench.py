@@ -158,7 +158,7 @@ def test_a_variant_is_a_registered_model_with_core_changes_or_a_model_file(tmp_p
         ("twin:in_channels=2", "'in_channels=2'; expected FIELD=VALUE"),  # it follows the inputs
         ("twin:input_centered=1", "input_centered: 1; expected True or False"),
         ("twin:position_init=centre", "position_init: 'centre'; expected one of ['random', 'data']"),
-        ("twin:correlation_weight=-1", "correlation_weight: -1; expected a number in [0.0, inf]"),
+        ("twin:correlation_weight=-1", "correlation_weight: -1; expected a number in [0.0, inf)"),
         ("twin:correlation_rounds=0", "correlation_rounds: 0; expected an integer >= 1, or None"),
         ("twin_behavior", "'twin_behavior' uses behaviour; expected an image-only model"),
     ],

@@ -343,9 +343,14 @@ def test_position_warmup_is_checked_and_names_what_it_holds():
 
 def test_position_lr_scale_is_checked_and_stored():
     assert ReadoutConfig().position_lr_scale == 1.0  # the baseline: one learning rate for all
-    for bad in (0, -0.5, True, "0.1", float("nan")):
+    for bad in (0, -0.5, True, "0.1", float("nan"), float("inf")):
         with pytest.raises(InvalidInput, match=r"position_lr_scale: .*expected a number"):
             ReadoutConfig(position_lr_scale=bad)
+    with pytest.raises(InvalidInput, match=r"position_lr_scale: inf; expected a number in \(0\.0, inf\)"):
+        ReadoutConfig(position_lr_scale=float("inf"))
+    for name in ("l1_weight", "init_sigma", "offset_weight"):  # every unbounded field refuses infinity
+        with pytest.raises(InvalidInput, match=rf"{name}: inf; expected a number in [\[(]0\.0, inf\)"):
+            ReadoutConfig(**{name: float("inf")})
     assert ReadoutConfig(position_lr_scale=2).position_lr_scale == 2.0
     config = replace(small("twin"), readout=ReadoutConfig(position_lr_scale=0.1))
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -6,6 +6,7 @@ artifact (`from_dict`). Every field is checked on construction; errors name the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -32,14 +33,17 @@ def check_correlation_rounds(value: object) -> None:
 
 
 def _check_float(obj: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
-    """A number in [low, high] (or (low, high] with open_low); ints are accepted and stored as floats."""
+    """A finite number in [low, high] (or (low, high] with open_low; a high of inf is open, so infinity
+    is refused, which as a weight, scale or spread would make the loss or a step infinite); ints are
+    accepted and stored as floats."""
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{name}: {value!r}; expected a number")
     above = value > low if open_low else value >= low
-    if not (above and value <= high):
+    if not (above and value <= high and math.isfinite(value)):
         bracket = "(" if open_low else "["
-        raise InvalidInput(f"{name}: {value!r}; expected a number in {bracket}{low}, {high}]")
+        close = ")" if math.isinf(high) else "]"
+        raise InvalidInput(f"{name}: {value!r}; expected a number in {bracket}{low}, {high}{close}")
     object.__setattr__(obj, name, float(value))
 
 
