@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -26,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from training.data import RecordingTensors, batches
-from training.models.config import check_correlation_rounds
+from training.models.config import check_correlation_rounds, check_float, check_int
 from training.models.readout import GaussianReadout
 from twin import metrics
 from twin.atomic import replacing, write_text
@@ -64,14 +65,15 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout for the convolutions: same arithmetic, faster
 
     def __post_init__(self) -> None:
-        for name in ("lr", "lr_decay_factor", "min_lr"):
-            if not getattr(self, name) > 0:
-                raise InvalidInput(f"{name}: {getattr(self, name)}; expected > 0")
+        # finite: an infinite rate is an infinite step, an infinite tolerance an epoch that never counts
+        for name in ("lr", "min_lr"):
+            check_float(self, name, 0.0, math.inf, open_low=True)
+        check_float(self, "lr_decay_factor", 0.0, 1.0, open_low=True)  # 1: the rate held, rounds still end
+        check_float(self, "tolerance", 0.0, math.inf)
         for name in ("batch_size", "max_epochs", "patience", "lr_decay_steps"):
-            if getattr(self, name) < 1:
-                raise InvalidInput(f"{name}: {getattr(self, name)}; expected >= 1")
-        if self.correlation_weight is not None and not self.correlation_weight >= 0:
-            raise InvalidInput(f"correlation_weight: {self.correlation_weight}; expected >= 0")
+            check_int(self, name, 1)
+        if self.correlation_weight is not None:
+            check_float(self, "correlation_weight", 0.0, math.inf)
         check_correlation_rounds(self.correlation_rounds)
         if not self.device.startswith(("cpu", "cuda")):
             raise InvalidInput(f"device: {self.device!r}; expected cpu, cuda or cuda:<index>")

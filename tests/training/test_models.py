@@ -589,7 +589,7 @@ def test_the_loss_is_the_model_s_unless_the_training_config_sets_its_correlation
             got = _loss(model, key, batch, config, config.correlation_weight_in(0))
         torch.testing.assert_close(got, want)
         assert float(correlation_loss(prediction, batch["responses"])) > 1  # the term is not negligible
-    with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected >= 0"):
+    with pytest.raises(InvalidInput, match=r"correlation_weight: -0\.5; expected a number in \[0\.0, inf\)"):
         TrainConfig(correlation_weight=-0.5)
 
 

@@ -411,6 +411,37 @@ def test_bad_input_is_refused_before_training(tiny_paths, small_cnn, tmp_path):
         TrainConfig(batch_size=0)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("lr", float("inf"), r"lr: inf; expected a number in \(0\.0, inf\)"),
+        ("lr", 0, r"lr: 0; expected a number in \(0\.0, inf\)"),
+        ("lr", float("nan"), r"lr: nan"),
+        ("lr", "0.01", r"lr: '0\.01'; expected a number"),
+        ("min_lr", float("inf"), r"min_lr: inf; expected a number in \(0\.0, inf\)"),
+        ("lr_decay_factor", float("inf"), r"lr_decay_factor: inf; expected a number in \(0\.0, 1\.0\]"),
+        ("lr_decay_factor", 3.0, r"lr_decay_factor: 3\.0; expected a number in \(0\.0, 1\.0\]"),
+        ("tolerance", float("inf"), r"tolerance: inf; expected a number in \[0\.0, inf\)"),
+        ("tolerance", -1e-3, r"tolerance: -0\.001; expected a number in \[0\.0, inf\)"),
+        ("correlation_weight", float("inf"), r"correlation_weight: inf; expected a number in \[0\.0, inf\)"),
+        ("patience", True, r"patience: True; expected an integer >= 1"),
+        ("max_epochs", 2.5, r"max_epochs: 2\.5; expected an integer >= 1"),
+    ],
+)
+def test_train_config_refuses_non_finite_and_out_of_range_numbers_naming_the_field(field, value, expected):
+    """An infinite rate is an infinite step and an infinite tolerance an epoch that never improves: both
+    refused before any training, as are a 'decay' that raises the rate and counts that are not integers."""
+    with pytest.raises(InvalidInput, match=expected):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_keeps_its_accepted_values_and_stores_numbers_as_floats():
+    config = TrainConfig(lr=1, min_lr=1e-5, lr_decay_factor=1, tolerance=0, correlation_weight=0)
+    numbers = (config.lr, config.lr_decay_factor, config.tolerance, config.correlation_weight)
+    assert numbers == (1.0, 1.0, 0.0, 0.0) and all(type(v) is float for v in numbers)
+    assert TrainConfig().correlation_weight is None and TrainConfig() == TrainConfig(lr=0.009)
+
+
 def test_cli_unknown_model_exits_2(tiny_paths, tmp_path):
     result = subprocess.run(
         [

@@ -20,7 +20,7 @@ BIAS_INITS = ("zero", "mean")
 POSITION_INITS = ("random", "data")
 
 
-def _check_int(obj: object, name: str, minimum: int) -> None:
+def check_int(obj: object, name: str, minimum: int) -> None:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInput(f"{name}: {value!r}; expected an integer >= {minimum}")
@@ -32,7 +32,7 @@ def check_correlation_rounds(value: object) -> None:
         raise InvalidInput(f"correlation_rounds: {value!r}; expected an integer >= 1, or None (throughout)")
 
 
-def _check_float(obj: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+def check_float(obj: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
     """A finite number in [low, high] (or (low, high] with open_low; a high of inf is open, so infinity
     is refused, which as a weight, scale or spread would make the loss or a step infinite); ints are
     accepted and stored as floats."""
@@ -119,7 +119,7 @@ class CoreConfig:
             "input_stride",
             "normalization_kernel",
         ):
-            _check_int(self, name, 1)
+            check_int(self, name, 1)
         for name in ("hidden_kernel", "normalization_kernel"):
             if getattr(self, name) % 2 == 0:
                 raise InvalidInput(f"{name}: {getattr(self, name)}; expected an odd size ('same' padding)")
@@ -127,11 +127,11 @@ class CoreConfig:
             _check_bool(self, name)
         if self.pad_input and self.input_kernel % 2 == 0:
             raise InvalidInput(f"input_kernel: {self.input_kernel}; expected an odd size with pad_input=True")
-        _check_float(self, "dropout", 0.0, 1.0)
+        check_float(self, "dropout", 0.0, 1.0)
         if self.dropout == 1.0:
             raise InvalidInput("dropout: 1.0; expected a probability in [0, 1)")
-        _check_float(self, "laplace_weight", 0.0, float("inf"))
-        _check_float(self, "batch_norm_momentum", 0.0, 1.0, open_low=True)
+        check_float(self, "laplace_weight", 0.0, float("inf"))
+        check_float(self, "batch_norm_momentum", 0.0, 1.0, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -174,12 +174,12 @@ class ReadoutConfig:
     position_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_float(self, "l1_weight", 0.0, float("inf"))
-        _check_int(self, "position_warmup", 0)
-        _check_float(self, "position_lr_scale", 0.0, float("inf"), open_low=True)
-        _check_float(self, "init_sigma", 0.0, float("inf"), open_low=True)
-        _check_float(self, "init_mu_range", 0.0, 1.0, open_low=True)
-        _check_int(self, "position_hidden", 1)
+        check_float(self, "l1_weight", 0.0, float("inf"))
+        check_int(self, "position_warmup", 0)
+        check_float(self, "position_lr_scale", 0.0, float("inf"), open_low=True)
+        check_float(self, "init_sigma", 0.0, float("inf"), open_low=True)
+        check_float(self, "init_mu_range", 0.0, 1.0, open_low=True)
+        check_int(self, "position_hidden", 1)
         _check_bool(self, "use_coordinates")
         if self.bias_init not in BIAS_INITS:
             raise InvalidInput(f"bias_init: {self.bias_init!r}; expected one of {list(BIAS_INITS)}")
@@ -188,7 +188,7 @@ class ReadoutConfig:
                 f"position_init: {self.position_init!r}; expected one of {list(POSITION_INITS)}"
             )
         if self.offset_weight is not None:
-            _check_float(self, "offset_weight", 0.0, float("inf"))
+            check_float(self, "offset_weight", 0.0, float("inf"))
             if not self.use_coordinates:
                 raise InvalidInput(
                     f"offset_weight: {self.offset_weight!r}; expected None with use_coordinates False "
@@ -244,8 +244,8 @@ class ModelConfig:
             raise InvalidInput(f"readout: {self.readout!r}; expected a ReadoutConfig")
         for name in ("behavior_channels", "shifter", "modulator", "input_gradients", "input_centered"):
             _check_bool(self, name)
-        _check_int(self, "modulator_hidden", 1)
-        _check_float(self, "correlation_weight", 0.0, float("inf"))
+        check_int(self, "modulator_hidden", 1)
+        check_float(self, "correlation_weight", 0.0, float("inf"))
         check_correlation_rounds(self.correlation_rounds)
         if self.input_resize not in RESIZE_MODES:
             raise InvalidInput(f"input_resize: {self.input_resize!r}; expected one of {list(RESIZE_MODES)}")
