@@ -75,7 +75,7 @@ def test_registered_twins():
     for config in (image_only, plus):
         assert config.core.kind == "resnet" and config.core.residual and config.core.dropout == 0.1
         assert config.input_gradients and config.input_centered
-        assert config.core.normalization  # the first layer divisively normalized (README "Core form")
+        assert config.core.normalization  # first layer divisively normalized (bench/README.md "Core form")
         # a run stored before the field existed keeps the architecture it trained: no normalization
         stored = config.to_dict()
         del stored["core"]["normalization"], stored["core"]["normalization_kernel"]

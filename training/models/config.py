@@ -217,7 +217,7 @@ class ModelConfig:
     batch) (the winners' loss; 0: the baselines' Poisson loss alone). A training config may override it.
     correlation_rounds: how long the correlation term stays in the loss, in learning-rate rounds (round 1
     runs until the first decay of the learning rate, round 2 until the second, ...); None: throughout. The
-    term costs at the end (README "Core form"), so 1 keeps it until the validation correlation first
+    term costs at the end (bench/README.md "Core form"), so 1 keeps it until the validation correlation first
     plateaus and trains on the Poisson loss alone from there.
     """
 

@@ -91,8 +91,8 @@ def _twin_core(in_channels: int) -> CoreConfig:
     first conv replaced that resize). 64 channels keep a training step CPU-sized; the winners went to
     128-256 on GPUs (set channels). Batch norm momentum is PyTorch's default 0.1, not the reference's 0.9.
     Divisive normalization of the first layer's responses (normalization True): +0.003 to +0.006
-    correlation to average in each of three paired trainings on `small` (bench/core_form.py, README "Core
-    form"), at +13% time per training step on the CPU.
+    correlation to average in each of three paired trainings on `small` (bench/core_form.py,
+    bench/README.md "Core form"), at +13% time per training step on the CPU.
     """
     return CoreConfig(
         kind="resnet",
