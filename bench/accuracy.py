@@ -83,8 +83,8 @@ from simulate import device_info, interrupt_on_sigterm, machine, positive_or
 from training.data import MODEL_IMAGE_SIZE
 from training.distributed import launch
 from training.models import CoreConfig, ModelConfig, get_config
-from training.run import load_tensors, train_run
-from training.trainer import LOG, TrainConfig
+from training.run import load_members, load_tensors, train_run
+from training.trainer import LOG, TrainConfig, positions_at_edge
 from twin import metrics
 from twin.atomic import write_json
 from twin.data import load_recording, simulate
@@ -281,7 +281,8 @@ def members_training(run: Path) -> dict[str, list]:
     """Each member's epochs, median seconds per epoch, validation correlation after every epoch and the
     epochs its readout positions were held (`readout.position_warmup`), all from its log, in member
     order: what a cell's time went to (an epoch's seconds include its validation and checkpoint) and how
-    fast it learnt."""
+    fast it learnt; and, from its best weights, the share of each readout's neurons whose positions sit
+    at the feature map's edge (where a readout that stalled left them)."""
     folders = sorted((run / "members").glob("member-*"), key=lambda f: int(f.name.rsplit("-", 1)[1]))
     epochs, seconds, curves, held = [], [], [], []
     for folder in folders:
@@ -290,7 +291,14 @@ def members_training(run: Path) -> dict[str, list]:
         seconds.append(round(float(np.median([line["seconds"] for line in lines])), 3))
         curves.append([round(float(line["validation_correlation"]), 4) for line in lines])
         held.append(sum(bool(line.get("positions_held")) for line in lines))
-    return {"epochs": epochs, "epoch_seconds": seconds, "validation_curves": curves, "positions_held": held}
+    _, members = load_members(run)
+    return {
+        "epochs": epochs,
+        "epoch_seconds": seconds,
+        "validation_curves": curves,
+        "positions_held": held,
+        "positions_at_edge": [positions_at_edge(member) for member in members],
+    }
 
 
 def in_silico(

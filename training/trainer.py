@@ -203,6 +203,23 @@ def hold_positions(model: torch.nn.Module, epoch: int | None) -> bool:
     return held
 
 
+# The share of a readout's neurons at the feature map's edge from which training warns that its positions
+# have run off: on the simulated mouse a readout that learned has none there, stalled ones had 46-100%
+# (bench/README.md, "Readout start"); real neurons may sit at the screen's edge, so a margin is left.
+EDGE_WARNING = 0.25
+
+
+def positions_at_edge(model: torch.nn.Module) -> dict[str, float]:
+    """Per data key, the share of its readout's neurons whose positions sit at the feature map's edge
+    (GaussianReadout.edge_fraction), 4 decimals; empty for a model without per-key Gaussian readouts."""
+    readouts = getattr(model, "readouts", None) or {}
+    return {
+        key: round(readout.edge_fraction(), 4)
+        for key, readout in readouts.items()
+        if isinstance(readout, GaussianReadout)
+    }
+
+
 def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """Adam's parameter groups: everything at `lr`, but the position parameters of each readout whose
     position_lr_scale is not 1 at that multiple of it (a group per scale, its "lr_scale" recorded for the
@@ -289,6 +306,7 @@ def train(
     _rewrite_log(run / LOG, state["history"])
     n_train = {key: len(d.indices("train")) for key, d in data.items()}
     scale = {key: np.sqrt(n / config.batch_size) if config.scale_loss else 1.0 for key, n in n_train.items()}
+    warned: set[str] = set()  # data keys whose readout's positions were reported at the edge
 
     try:
         while state["epoch"] < config.max_epochs and state["round"] < config.lr_decay_steps:
@@ -336,6 +354,22 @@ def train(
             }
             if held:
                 entry["positions_held"] = True
+            edge = positions_at_edge(model)
+            if edge:
+                entry["positions_at_edge"] = edge
+            for key, share in edge.items():
+                if share >= EDGE_WARNING and key not in warned:
+                    warned.add(key)
+                    log.warning(
+                        "readout %s: %.0f%% of its neurons' positions at the feature map's edge after epoch "
+                        "%d (validation correlation %.3f): they have likely run off while the core was "
+                        "still forming, and the readout may not learn; readout.position_warmup or a "
+                        "position_lr_scale below 1 holds or slows them at the start",
+                        key,
+                        100 * share,
+                        state["epoch"],
+                        correlation,
+                    )
             if state["bad_epochs"] >= config.patience:
                 state["round"] += 1
                 state["bad_epochs"] = 0

@@ -94,6 +94,11 @@ def test_cells_in_processes_fill_the_table_and_fine_tune_both_tracks_from_one_pr
         assert all(0 < s < 300 for s in training["epoch_seconds"])
         assert [len(c) for c in training["validation_curves"]] == [1, 1]
         assert all(-1 <= c[0] <= 1 for c in training["validation_curves"])
+        # each member's share of neurons at the feature map's edge, per data key it reads out
+        first, second = training["positions_at_edge"]
+        assert set(first) == set(second) and len(first) >= 1
+        assert all(0 <= share <= 1 for e in training["positions_at_edge"] for share in e.values())
+    assert set(pretrained[0]["positions_at_edge"][0]) == {"90001-1-1", "90002-1-1"}
     # a cell's scores are its ensemble's, as `twin evaluate` scores the run
     from training.run import evaluate
 

@@ -307,6 +307,36 @@ def test_position_offsets_leave_the_map_and_are_penalized():
     assert "offset" not in dict(plain.named_parameters())  # without offset_weight: the map alone
 
 
+def test_edge_fraction_counts_the_neurons_within_half_a_feature_pixel_of_the_border():
+    """(C, 36, 64) features: half a pixel is 1 / 63 of the half-width in x and 1 / 35 in y, so a neuron
+    at |x| >= 0.9841 or |y| >= 0.9714 is at the edge, one at 0.98 in x or 0.97 in y is not."""
+    free = replace(ReadoutConfig(), use_coordinates=False)
+    readout = GaussianReadout((4, 36, 64), None, free, n_neurons=8)
+    at = [
+        (0.0, 0.0),
+        (1.0, 0.0),
+        (0.0, -0.975),
+        (0.5, 0.5),
+        (0.98, 0.0),
+        (0.0, 0.97),
+        (-0.99, 0.3),
+        (5.0, 5.0),
+    ]
+    with torch.no_grad():
+        readout._mu.copy_(torch.tensor(at))
+    assert readout.edge_fraction() == pytest.approx(4 / 8)  # (1, 0), (0, -0.975), (-0.99, .), clamped (5, 5)
+    # one pixel wide or high: only the other axis has an edge
+    assert GaussianReadout((4, 1, 64), None, free, n_neurons=8).edge_fraction() == 0.0
+    # with the map: its start (tanh of a small random MLP) is inside; offsets past the border clamp there
+    torch.manual_seed(0)
+    coordinates = np.random.default_rng(0).normal(size=(30, 3))
+    mapped = GaussianReadout((4, 36, 64), coordinates, ReadoutConfig(offset_weight=1.0))
+    assert mapped.edge_fraction() == 0.0
+    with torch.no_grad():
+        mapped.offset[:6] = torch.tensor([3.0, 0.0])
+    assert mapped.edge_fraction() == pytest.approx(6 / 30)
+
+
 def test_offset_weight_is_checked():
     assert ReadoutConfig().offset_weight is None
     assert ReadoutConfig(offset_weight=0).offset_weight == 0.0

@@ -22,7 +22,7 @@ from training.distributed import gpu_placement, run_launcher
 from training.ensemble import greedy_select, mean_and_spread, pooled_correlation
 from training.models import ModelConfig, RecordingShape, build, get_config
 from training.run import evaluate, load_members, load_tensors, member_data, train_run
-from training.trainer import TrainConfig, predict, train
+from training.trainer import EDGE_WARNING, TrainConfig, predict, train
 from twin import metrics
 from twin.data import load_recording, write_recording
 from twin.errors import InvalidInput
@@ -294,6 +294,40 @@ def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn
     with pytest.raises(KeyboardInterrupt):
         train(net, data, replace(FAST, max_epochs=1), tmp_path / "interrupted", progress=False)
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_the_log_reports_positions_at_the_edge_and_warns_once_when_most_are_there(
+    tiny_paths, small_cnn, tmp_path, caplog
+):
+    """Each epoch's log line has, per data key, the share of its readout's neurons at the feature map's
+    edge: none for a readout started from the data, all for one whose map was pushed past the border
+    (tanh saturated) and held there; the latter is warned about, naming the key, once per training."""
+    import logging
+
+    import torch
+
+    base = ModelConfig.from_dict(json.loads(small_cnn.read_text()))
+    data = load_tensors([tiny_paths["90002-1-1"]])
+    ((key, d),) = data.items()
+
+    def built(config: ModelConfig) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build(config, {key: RecordingShape(d.n_neurons, d.coordinates, None)})
+
+    caplog.set_level(logging.WARNING, logger="training.trainer")
+    train(built(base), data, replace(FAST, max_epochs=2), tmp_path / "inside", progress=False)
+    assert [set(e["positions_at_edge"]) for e in epoch_log(tmp_path / "inside")] == [{key}, {key}]
+    assert all(e["positions_at_edge"][key] < EDGE_WARNING for e in epoch_log(tmp_path / "inside"))
+    assert "edge" not in caplog.text
+
+    held = replace(base, readout=replace(base.readout, position_warmup=10))  # the map stays where it is put
+    net = built(held)
+    with torch.no_grad():
+        net.readouts[key].mu_transform[2].bias.fill_(20.0)  # tanh(> 20) = 1: every neuron at the corner
+    train(net, data, replace(FAST, max_epochs=2), tmp_path / "edge", progress=False)
+    assert [e["positions_at_edge"] for e in epoch_log(tmp_path / "edge")] == [{key: 1.0}, {key: 1.0}]
+    warnings = [r for r in caplog.records if "feature map's edge" in r.getMessage()]
+    assert len(warnings) == 1 and key in warnings[0].getMessage() and "100%" in warnings[0].getMessage()
 
 
 def test_position_lr_scale_gives_the_positions_their_own_learning_rate(tiny_paths, small_cnn, tmp_path):

@@ -153,6 +153,20 @@ class GaussianReadout(nn.Module):
                 self._mu.clamp_(-1, 1)
         return self._mu.clamp(-1, 1)
 
+    def edge_fraction(self) -> float:
+        """The share of neurons whose mean position lies within half a feature-map pixel of its border
+        (align_corners: the border pixels' centres are at -1 and 1, pixels 2 / (size - 1) apart). Where
+        positions that ran off while the core was still random end up, reading the border's features,
+        and from where the gradient seldom brings them back (bench/README.md, "Readout start")."""
+        _, height, width = self.in_shape
+        with torch.no_grad():
+            mu = self.mu().abs()
+        near = torch.zeros(self.n_neurons, dtype=torch.bool, device=mu.device)
+        for axis, size in ((0, width), (1, height)):  # mu is (x, y): x along the width
+            if size > 1:
+                near |= mu[:, axis] >= 1 - 1 / (size - 1)
+        return float(near.float().mean())
+
     def position_parameters(self) -> list[nn.Parameter]:
         """What places the mean positions: the map's MLP and the offsets, or the free positions."""
         if self.mu_transform is None:
