@@ -220,6 +220,24 @@ def positions_at_edge(model: torch.nn.Module) -> dict[str, float]:
     }
 
 
+def _warn_positions_at_edge(edge: dict[str, float], warned: set[str], epoch: int, correlation: float) -> None:
+    """A warning for each data key whose share at the edge reached EDGE_WARNING, once per key (`warned`
+    holds the keys warned about in this training)."""
+    for key, share in edge.items():
+        if share >= EDGE_WARNING and key not in warned:
+            warned.add(key)
+            log.warning(
+                "readout %s: %.0f%% of its neurons' positions at the feature map's edge after epoch %d "
+                "(validation correlation %.3f): they have likely run off while the core was still forming, "
+                "and the readout may not learn; readout.position_warmup or a position_lr_scale below 1 "
+                "holds or slows them at the start",
+                key,
+                100 * share,
+                epoch,
+                correlation,
+            )
+
+
 def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """Adam's parameter groups: everything at `lr`, but the position parameters of each readout whose
     position_lr_scale is not 1 at that multiple of it (a group per scale, its "lr_scale" recorded for the
@@ -357,19 +375,7 @@ def train(
             edge = positions_at_edge(model)
             if edge:
                 entry["positions_at_edge"] = edge
-            for key, share in edge.items():
-                if share >= EDGE_WARNING and key not in warned:
-                    warned.add(key)
-                    log.warning(
-                        "readout %s: %.0f%% of its neurons' positions at the feature map's edge after epoch "
-                        "%d (validation correlation %.3f): they have likely run off while the core was "
-                        "still forming, and the readout may not learn; readout.position_warmup or a "
-                        "position_lr_scale below 1 holds or slows them at the start",
-                        key,
-                        100 * share,
-                        state["epoch"],
-                        correlation,
-                    )
+                _warn_positions_at_edge(edge, warned, state["epoch"], correlation)
             if state["bad_epochs"] >= config.patience:
                 state["round"] += 1
                 state["bad_epochs"] = 0
