@@ -296,7 +296,7 @@ def test_readout_positions_hold_still_through_their_warmup(tiny_paths, small_cnn
     assert all(p.requires_grad for p in net.parameters())
 
 
-def test_the_log_reports_positions_at_the_edge_and_warns_once_when_most_are_there(
+def test_the_log_reports_positions_at_the_edge_and_warns_once_when_a_quarter_are_there(
     tiny_paths, small_cnn, tmp_path, caplog
 ):
     """Each epoch's log line has, per data key, the share of its readout's neurons at the feature map's
