@@ -21,6 +21,13 @@ live in --work (default: a temporary folder), named after what they train: a lat
 --work reuses the finished ones and continues an interrupted one from its last checkpoint. Prints a
 table; writes bench/results/core_form-<data key>-<device>.json (or --out), each run's test scores beside its
 epochs, seconds per epoch and validation correlation after every epoch (from its log).
+
+`--targets truth` (a simulated recording) trains every variant on a copy of the recording whose responses
+are the neurons' noise-free expected responses to each trial's image (written once into --work, with its
+own statistics): what the architecture can express from these images when neither trial noise nor
+behaviour is in the way, as readout_form.py's `--targets truth` asks of a frozen core's readout. Scored on
+the copy's test tier, single-trial correlation and correlation to average are both the correlation with
+the truth; FEVE, not defined without noise, is left out of the printed table.
 """
 
 from __future__ import annotations
@@ -119,6 +126,32 @@ def truth_correlation(run: Path, key: str, data: Path, simulation: Path, device:
     }
 
 
+def truth_recording(data: Path, simulation: Path, folder: Path) -> Path:
+    """`data` with every trial's responses replaced by its neurons' noise-free expected responses to the
+    trial's image, at the session's mean behaviour with the eye at rest (what the image-only variants can
+    predict, and what truth_correlation scores against); written once, atomically, as `folder/<data's
+    name>` and reused. Images, behaviour, tiers and neurons are the recording's; statistics the copy's own."""
+    from twin.data import load_recording
+    from twin.data.simulation import GroundTruth
+    from twin.data.writer import write_recording
+
+    recording = load_recording(data)
+    target = folder / Path(recording.source or data).name
+    if target.is_dir():
+        return target
+    ground_truth = GroundTruth.load(simulation, recording.data_key)
+    if ground_truth.n_neurons != recording.n_neurons:
+        raise InvalidInput(
+            f"simulation: {ground_truth.n_neurons} neurons for {recording.data_key}; the recording has "
+            f"{recording.n_neurons}: expected the simulation that wrote --data"
+        )
+    truth = np.concatenate(
+        [ground_truth(np.asarray(recording.images[s : s + 500])) for s in range(0, recording.n_trials, 500)]
+    ).astype(np.float32)
+    write_recording(replace(recording, responses=truth), target, progress=False)
+    return target
+
+
 def train_variant(
     model: ModelConfig, data: Path, config: TrainConfig, work: Path, simulation: Path | None
 ) -> dict:
@@ -160,6 +193,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once (default 1)")
     parser.add_argument("--simulation", type=Path, default=None, help="its simulation (default: found)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: removed)")
+    parser.add_argument(
+        "--targets",
+        choices=("responses", "truth"),
+        default="responses",
+        help="train on the recorded responses (default) or on the neurons' noise-free responses",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     variants = args.variant or ["twin"]
@@ -187,8 +226,13 @@ def main() -> None:
     simulation = args.simulation
     if simulation is None and (args.data.parent / "ground_truth").is_dir():
         simulation = args.data.parent
+    if args.targets == "truth" and simulation is None:
+        parser.error("--targets truth: no simulation found beside --data; expected --simulation DIR")
     work = args.work or Path(tempfile.mkdtemp(prefix="core_form-"))
     try:
+        data = args.data
+        if args.targets == "truth":
+            data = truth_recording(args.data, simulation, work / "truth")
         cells = [
             (
                 spec,
@@ -196,7 +240,7 @@ def main() -> None:
                 train_variant,
                 {
                     "model": model,
-                    "data": args.data,
+                    "data": data,
                     "config": TrainConfig(
                         max_epochs=args.epochs, device=args.device, amp=args.amp, seed=seed
                     ),
@@ -220,6 +264,7 @@ def main() -> None:
         "machine": {**machine(), **device_info(args.device)},
         "data": str(args.data),
         "data_key": keys.pop() if len(keys) == 1 else None,
+        "targets": args.targets,
         "epochs": args.epochs,
         "amp": args.amp,
         "jobs": args.jobs,
@@ -227,17 +272,19 @@ def main() -> None:
         "variants": {spec: {"model": models[spec].to_dict(), "seeds": outcomes[spec]} for spec in models},
     }
     tag = result["machine"].get("gpu", "cpu").replace(" ", "_")
-    name = f"core_form-{result['data_key'] or args.data.name}-{tag}.json"
+    suffix = "-truth" if args.targets == "truth" else ""
+    name = f"core_form-{result['data_key'] or args.data.name}-{tag}{suffix}.json"
     out = args.out or ROOT / "bench" / "results" / name
     write_json(out, result)
-    _print(result, simulation is not None)
+    _print(result, simulation is not None, feve=args.targets == "responses")
     print(f"wrote {out}")
 
 
-def _print(result: dict, truth: bool) -> None:
+def _print(result: dict, truth: bool, feve: bool = True) -> None:
     print(
         f"\n{'variant':48s} {'seed':>4s} {'epochs':>6s} {'valid.':>7s}"
-        + f" {'single':>7s} {'average':>7s} {'FEVE':>7s}"
+        + f" {'single':>7s} {'average':>7s}"
+        + (f" {'FEVE':>7s}" if feve else "")
         + ("   truth  by SNR quartile, low to high" if truth else "")
     )
     for spec, v in result["variants"].items():
@@ -246,9 +293,8 @@ def _print(result: dict, truth: bool) -> None:
                 print(f"{spec[:48]:48s} {seed:>4s}  {r['error'][:60]}")
                 continue
             line = f"{spec[:48]:48s} {seed:>4s} {r['epochs'][0]:6d} {r['validation_correlation']:7.4f}"
-            line += (
-                f" {r['single_trial_correlation']:7.4f} {r['correlation_to_average']:7.4f} {r['feve']:7.4f}"
-            )
+            line += f" {r['single_trial_correlation']:7.4f} {r['correlation_to_average']:7.4f}"
+            line += f" {r['feve']:7.4f}" if feve else ""
             if truth:
                 line += f" {r['correlation_with_truth']:7.4f} "
                 line += " ".join(f"{q:.3f}" for q in r["correlation_with_truth_by_snr_quartile"])

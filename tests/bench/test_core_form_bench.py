@@ -114,6 +114,65 @@ def test_variants_train_alike_are_scored_against_the_truth_and_reused(
     assert accuracy.stored_alike(work / "runs", model, 1, training) is None
 
 
+def test_truth_targets_train_on_a_copy_that_holds_the_noise_free_responses(
+    tiny_paths, tiny_sim, tmp_path, monkeypatch, capsys
+):
+    """--targets truth: the variant trains on a copy of the recording whose responses are the neurons'
+    noise-free responses to each trial's image; scored on that copy, single-trial correlation, correlation
+    to average and correlation with the truth are one number."""
+    from twin.data import load_recording
+    from twin.data.simulation import GroundTruth
+
+    out, work = tmp_path / "core_form.json", tmp_path / "work"
+    args = ["--data", str(tiny_paths[LEARNS]), "--epochs", "3", "--variant", NARROW, "--targets", "truth"]
+    args += ["--work", str(work), "--out", str(out)]
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["targets"] == "truth" and result["data_key"] == LEARNS
+    cell = result["variants"][NARROW]["seeds"]["0"]
+    assert "error" not in cell, cell
+    rho = cell["correlation_with_truth"]
+    assert 0.05 < rho <= 1, rho
+    assert cell["single_trial_correlation"] == pytest.approx(rho, abs=1e-4)
+    assert cell["correlation_to_average"] == pytest.approx(rho, abs=1e-4)
+
+    original = load_recording(tiny_paths[LEARNS], progress=False)
+    copy_path = work / "truth" / tiny_paths[LEARNS].name
+    copy = load_recording(copy_path, progress=False)
+    assert copy.data_key == original.data_key
+    np.testing.assert_array_equal(copy.images, original.images)
+    np.testing.assert_array_equal(copy.tiers, original.tiers)
+    np.testing.assert_array_equal(copy.behavior, original.behavior)
+    truth = GroundTruth.load(tiny_sim, LEARNS)(np.asarray(original.images))
+    np.testing.assert_allclose(copy.responses, truth, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(copy.responses, original.responses)  # the recorded trials are noisy
+    # its statistics are its own (the trainer standardizes responses by them)
+    std = copy.statistics["responses"]["all"]["std"]
+    np.testing.assert_allclose(std, truth.std(0), rtol=1e-4)
+
+    # a second call reuses the copy as written and the run trained on it
+    written = (copy_path / "meta" / "statistics" / "responses" / "all" / "std.npy").stat().st_mtime_ns
+    code, stderr = run_main(SCRIPT, args, monkeypatch, capsys)
+    assert code == 0, stderr[-2000:]
+    again = json.loads(out.read_text())["variants"][NARROW]["seeds"]["0"]
+    assert again["run"]["reused"] is True and again["correlation_with_truth"] == rho
+    assert (copy_path / "meta" / "statistics" / "responses" / "all" / "std.npy").stat().st_mtime_ns == written
+
+
+def test_truth_targets_without_the_simulation_are_refused(tiny_paths, tmp_path, monkeypatch, capsys):
+    """A recording with no ground_truth/ beside it and no --simulation: nothing to train on."""
+    alone, scratch = tmp_path / "alone", tmp_path / "scratch"
+    alone.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    (alone / tiny_paths[KEY].name).symlink_to(tiny_paths[KEY], target_is_directory=True)
+    args = ["--data", str(alone / tiny_paths[KEY].name), "--targets", "truth"]
+    args += ["--out", str(scratch / "core_form.json")]
+    message = "--targets truth: no simulation found beside --data; expected --simulation DIR"
+    assert_refused(SCRIPT, args, message, scratch, monkeypatch, capsys)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
