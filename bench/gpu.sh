@@ -8,9 +8,13 @@
 # Settings (environment):
 #   INSTALL=0        the environment already has the project's dependencies (default: pip install them;
 #                    torch is left as it is)
-#   STEPS="..."      which of train_speed core_form accuracy ablation serving to run (default: train_speed
-#                    accuracy serving; `ablation` is the twin rows without one ingredient each, on `small`;
-#                    `core_form` one model per core variant and seed on `small`'s image-only recording)
+#   STEPS="..."      which of train_speed core_form core_form_truth accuracy ablation serving to run
+#                    (default: train_speed accuracy serving; `ablation` is the twin rows without one
+#                    ingredient each, on `small`; `core_form` one model per core variant and seed on
+#                    `small`'s image-only recording; `core_form_truth` the TRUTH_VARIANTS trained on its
+#                    neurons' noise-free responses: what each core expresses without the trials' noise)
+#   TRUTH_VARIANTS   the core_form_truth step's variants (default: cnn, twin, twin 128 wide, twin with the
+#                    baseline's core; seed 0, 200-epoch cap)
 #   VARIANTS="a;b"   the core_form step's variants (bench/core_form.py --variant, ';'-separated; default:
 #                    cnn, twin, and twin without divisive normalization, without the correlation loss,
 #                    with it until the first learning-rate decay only, with the baseline's core, 128 wide,
@@ -98,7 +102,7 @@ if [[ ${MPS:-0} == 1 ]] && command -v nvidia-cuda-mps-control > /dev/null; then
 fi
 if [[ -f $data/simulation.json ]]; then
     echo "== simulate: $data already holds the preset"
-elif wants train_speed || wants core_form || wants accuracy || wants ablation; then
+elif wants train_speed || wants core_form || wants core_form_truth || wants accuracy || wants ablation; then
     run simulate "$PYTHON" -m twin.cli simulate --preset small --out "$data" --quiet
 fi
 # 1. Training images/s, ours (fp32 channels_last, NCHW, bf16) against neuralpredictors' pipeline.
@@ -115,6 +119,15 @@ if wants core_form; then
     run core_form "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds "${SEEDS:-0,1}" \
         --data "$(ls -d "$data"/static90001-*)" --work "$work/core_form" "${variants[@]}" \
         --out "$RESULTS/core_form-90001-1-1-$gpu.json"
+fi
+# 1c. The same bench on the noise-free responses (bench/README.md, "Trained on the truth").
+if wants core_form_truth; then
+    IFS=';' read -ra specs <<< "${TRUTH_VARIANTS:-cnn;twin;twin:channels=128;twin:kind=cnn,layers=4,hidden_kernel=7,depthwise=true,dropout=0}"
+    variants=()
+    for spec in "${specs[@]}"; do variants+=(--variant "$spec"); done
+    run core_form_truth "$PYTHON" bench/core_form.py --device cuda --amp --jobs "$JOBS" --seeds 0 \
+        --targets truth --data "$(ls -d "$data"/static90001-*)" --work "$work/core_form" "${variants[@]}" \
+        --out "$RESULTS/core_form-90001-1-1-$gpu-truth.json"
 fi
 # 2. The model table on `small` (both tracks, 5-member ensembles, reference CNN), bf16 autocast; the
 #    single-model row is the ensemble members' own scores, averaged (3 fewer trainings).
