@@ -142,12 +142,10 @@ def truth_recording(data: Path, simulation: Path, folder: Path) -> Path:
     ground_truth = GroundTruth.load(simulation, recording.data_key)
     if ground_truth.n_neurons != recording.n_neurons:
         raise InvalidInput(
-            f"simulation: {ground_truth.n_neurons} neurons for {recording.data_key}; the recording has "
+            f"{ground_truth.n_neurons} neurons for {recording.data_key}; the recording has "
             f"{recording.n_neurons}: expected the simulation that wrote --data"
         )
-    truth = np.concatenate(
-        [ground_truth(np.asarray(recording.images[s : s + 500])) for s in range(0, recording.n_trials, 500)]
-    ).astype(np.float32)
+    truth = ground_truth(np.asarray(recording.images))  # float32; it works through the images in chunks
     write_recording(replace(recording, responses=truth), target, progress=False)
     return target
 
@@ -232,7 +230,10 @@ def main() -> None:
     try:
         data = args.data
         if args.targets == "truth":
-            data = truth_recording(args.data, simulation, work / "truth")
+            try:
+                data = truth_recording(args.data, simulation, work / "truth")
+            except InvalidInput as exc:
+                parser.error(f"--simulation: {exc}")
         cells = [
             (
                 spec,

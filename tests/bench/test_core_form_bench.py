@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,33 @@ def test_truth_targets_without_the_simulation_are_refused(tiny_paths, tmp_path, 
     args += ["--out", str(scratch / "core_form.json")]
     message = "--targets truth: no simulation found beside --data; expected --simulation DIR"
     assert_refused(SCRIPT, args, message, scratch, monkeypatch, capsys)
+
+
+def test_truth_targets_from_another_simulation_are_refused(
+    tiny_paths, tiny_sim, tmp_path, monkeypatch, capsys
+):
+    """--simulation whose neurons for the recording's key are not the recording's (another preset writes
+    the same keys), or that has no ground truth for the key: refused by name, nothing trained or written."""
+    from twin.data.simulation import GroundTruth
+
+    other = tmp_path / "other" / "ground_truth" / KEY
+    other.mkdir(parents=True)
+    (other / "ground_truth.json").write_bytes(
+        (tiny_sim / "ground_truth" / KEY / "ground_truth.json").read_bytes()
+    )
+    GroundTruth.load(tiny_sim, KEY).population.subset(np.arange(100)).save(other / "population.npz")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    args = ["--data", str(tiny_paths[KEY]), "--targets", "truth", "--simulation", str(tmp_path / "other")]
+    args += ["--out", str(scratch / "core_form.json")]
+    message = "--simulation: 100 neurons for 90001-1-1; the recording has 150: expected the simulation"
+    assert_refused(SCRIPT, args, message, scratch, monkeypatch, capsys)
+    shutil.rmtree(other)
+    other.mkdir()
+    assert_refused(
+        SCRIPT, args, "--simulation: data_key: no ground truth for '90001-1-1'", scratch, monkeypatch, capsys
+    )
 
 
 @pytest.mark.parametrize(
